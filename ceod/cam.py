@@ -1,0 +1,99 @@
+"""Differentiable Grad-CAM, pure torch (no Lightning, no Hydra).
+
+Shapes: ``features`` B×K×h×w (activations of the last conv layer), ``logits`` B×C.
+Grad-CAM of class ``c``: α_k = mean_ij ∂logit_c/∂A_kij, heat = ReLU(Σ_k α_k A_k) (B×h×w).
+
+Two paths give the same heat:
+
+* general: α from ``torch.autograd.grad(..., create_graph=True)`` so a loss on the heat
+  can be back-propagated (second order) into the network;
+* analytic: for a "global average pool → linear" head, ∂logit_c/∂A_kij = W[c,k]/P exactly
+  (P = h·w), so α_k = W[c,k]/P needs no autograd call at all.
+
+:func:`grad_cam` picks the analytic path when it is given the head weight.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _class_index(target: int | Tensor, batch: int, device: torch.device) -> Tensor:
+    if isinstance(target, Tensor):
+        idx = target.to(device=device, dtype=torch.long).reshape(-1)
+        if idx.numel() == 1:
+            idx = idx.expand(batch)
+        if idx.numel() != batch:
+            raise ValueError(f"target has {idx.numel()} entries for a batch of {batch}")
+        return idx
+    return torch.full((batch,), int(target), dtype=torch.long, device=device)
+
+
+def grad_cam_weights(
+    logits: Tensor, features: Tensor, target: int | Tensor = 1, create_graph: bool = True
+) -> Tensor:
+    """α (B×K): spatial mean of ∂logit_target/∂features, via autograd.
+
+    ``features`` must be part of the graph that produced ``logits``. With
+    ``create_graph=True`` the result is itself differentiable (second order).
+    """
+    if not features.requires_grad:
+        raise RuntimeError(
+            "features do not require grad: compute the forward pass under torch.enable_grad() "
+            "(Lightning: Trainer(inference_mode=False))"
+        )
+    idx = _class_index(target, logits.shape[0], logits.device)
+    # Samples are independent after the feature map, so the gradient of the summed
+    # scores w.r.t. the features is each sample's own gradient.
+    score = logits.gather(1, idx[:, None]).sum()
+    (grads,) = torch.autograd.grad(score, features, create_graph=create_graph, retain_graph=True)
+    return grads.mean(dim=(2, 3))
+
+
+def analytic_cam_weights(head_weight: Tensor, features: Tensor, target: int | Tensor = 1) -> Tensor:
+    """α (B×K) for a GAP → linear head with weight ``head_weight`` (C×K): α_k = W[c,k]/(h·w)."""
+    b, k, h, w = features.shape
+    if head_weight.ndim != 2 or head_weight.shape[1] != k:
+        raise ValueError(f"head weight of shape {tuple(head_weight.shape)} does not match {k} feature channels")
+    idx = _class_index(target, b, features.device)
+    return head_weight[idx] / (h * w)
+
+
+def cam_from_weights(alpha: Tensor, features: Tensor) -> Tensor:
+    """heat (B×h×w) = ReLU(Σ_k α_k A_k)."""
+    return F.relu(torch.einsum("bk,bkhw->bhw", alpha.to(features.dtype), features))
+
+
+def grad_cam(
+    features: Tensor,
+    logits: Tensor | None = None,
+    target: int | Tensor = 1,
+    head_weight: Tensor | None = None,
+    create_graph: bool = True,
+    size: tuple[int, int] | None = None,
+) -> Tensor:
+    """Grad-CAM heat of class ``target``: B×h×w, or B×H×W when ``size`` is given.
+
+    Uses the analytic path when ``head_weight`` (the C×K weight of a GAP → linear head)
+    is given, the autograd path otherwise (then ``logits`` is required). ``size`` upsamples
+    bilinearly (align_corners=False) to the image size.
+    """
+    if head_weight is not None:
+        alpha = analytic_cam_weights(head_weight, features, target)
+    else:
+        if logits is None:
+            raise ValueError("grad_cam needs logits when no head weight is given")
+        alpha = grad_cam_weights(logits, features, target, create_graph=create_graph)
+    heat = cam_from_weights(alpha, features)
+    if size is not None:
+        heat = upsample(heat, size)
+    return heat
+
+
+def upsample(heat: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of a B×h×w heat map to B×H×W."""
+    if tuple(heat.shape[-2:]) == tuple(size):
+        return heat
+    return F.interpolate(heat[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]

@@ -1,0 +1,127 @@
+"""Training entry point: ``python -m ceod.train [+experiment=NAME] [key=value ...]``.
+
+Flat on purpose (torchvision references style): build data, model, loss, trainer from the Hydra
+config; fit; test the best checkpoint; print the result table. Outputs go to the Hydra run dir
+(``outputs/<task_name>/<run id>/``): checkpoints/, csv/metrics.csv, tensorboard/, config.yaml.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
+
+from ceod.errors import CeodError
+
+
+def run_id() -> str:
+    """SLURM job id (with array task) on a cluster — stable across requeues — else a timestamp."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if job:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        return f"slurm-{job}" + (f"_{task}" if task and os.environ.get("SLURM_ARRAY_JOB_ID") else "")
+    return time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
+OmegaConf.register_new_resolver("run_id", run_id, replace=True)
+
+
+def _unwrap(e: BaseException) -> BaseException:
+    """The user-facing cause behind Hydra's InstantiationException wrappers."""
+    while isinstance(e, InstantiationException) and e.__cause__ is not None:
+        e = e.__cause__
+    return e
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def format_results(metrics: dict[str, float], confusion=None, stage: str = "test") -> str:
+    """The result table printed at the end of a run."""
+    rows = [("accuracy", "acc"), ("AUROC", "auroc"), ("F1", "f1"), ("AOI energy", "aoi_energy"),
+            ("pointing game", "pointing_game"), ("loss", "loss"), ("OD", "od")]
+    lines = [f"{stage} results", "-" * 28]
+    for label, key in rows:
+        value = metrics.get(f"{stage}/{key}")
+        if value is not None:
+            lines.append(f"{label:<16}{float(value):>12.4f}")
+    if confusion is not None:
+        cm = confusion.tolist()
+        lines += ["confusion matrix (rows: true, cols: predicted)",
+                  f"{'':<10}{'good':>8}{'defect':>8}",
+                  f"{'good':<10}{cm[0][0]:>8}{cm[0][1]:>8}",
+                  f"{'defect':<10}{cm[1][0]:>8}{cm[1][1]:>8}"]
+    return "\n".join(lines)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit and test as configured; returns the final metrics (floats)."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from ceod.module import CEODModule
+
+    L.seed_everything(cfg.seed, workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    loss = instantiate(cfg.loss)
+    trainable, total = count_parameters(model)
+    print(f"[ceod] model {cfg.model._target_.rsplit('.', 1)[-1]}: {trainable:,} trainable / {total:,} parameters")
+    print(f"[ceod] loss: {loss.extra_repr()}")
+    module = CEODModule(model, loss, instantiate(cfg.optimizer), scheduler=None)
+
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    if trainer.is_global_zero:
+        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+        for lg in loggers:
+            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    results = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test", True):
+        ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None)
+        results.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        if trainer.is_global_zero:
+            print(format_results(results, module.confusion.get("test")))
+            if ckpt:
+                print(f"[ceod] best checkpoint: {ckpt}")
+    if trainer.is_global_zero:
+        print(f"[ceod] outputs in {out_dir}")
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger":
+            import wandb
+
+            wandb.finish()
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        results = train(cfg)
+    except (CeodError, InstantiationException) as e:
+        cause = _unwrap(e)
+        if isinstance(e, InstantiationException) and not isinstance(cause, CeodError):
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        sys.exit(2)
+    return results.get("val/auroc")
+
+
+if __name__ == "__main__":
+    main()
