@@ -130,8 +130,9 @@ def ceod_loss(
     """
     if heat.shape != aoi_mask.shape:
         raise ValueError(f"heat {tuple(heat.shape)} and AOI mask {tuple(aoi_mask.shape)} differ in shape")
-    ce_i = F.cross_entropy(logits.float(), target, reduction="none")
-    dtype = torch.float64 if heat.dtype == torch.float64 else torch.float32
+    # half-precision inputs (AMP) are promoted: the loss is computed in fp32 or fp64
+    dtype = torch.float64 if torch.float64 in (heat.dtype, logits.dtype) else torch.float32
+    ce_i = F.cross_entropy(logits.to(dtype), target, reduction="none")
     a_gt = filter_mask(aoi_mask.to(dtype), kernel_size, kernel_value, filter_normalize)
     a_d = hottest_pixels(heat.to(dtype), tau, threshold, temperature)
     overlap, valid = overlap_coefficient(a_d, a_gt)
@@ -140,7 +141,7 @@ def ceod_loss(
     contributes = valid & weight
     od_i = torch.where(contributes, od_i, torch.zeros_like(od_i))
     n = logits.shape[0]
-    ce = ce_i.to(dtype).mean()
+    ce = ce_i.mean()
     total = ce + omega * od_i.sum() / n
     od = od_i.sum() / contributes.sum().clamp(min=1)
     return CEODOutput(total=total, ce=ce, od=od, overlap=overlap, contributes=contributes)

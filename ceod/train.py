@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 import hydra
-from hydra.errors import InstantiationException
+from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from ceod.errors import CeodError
 
@@ -110,18 +111,62 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return results
 
 
+def one_line(e: BaseException) -> str | None:
+    """A one-line message for a user error (bad config key/value, path, file), None for a bug."""
+    e = _unwrap(e)
+    if isinstance(e, CeodError):
+        return str(e)
+    if isinstance(e, MissingMandatoryValue):
+        return f"missing value for {e.full_key} (set {e.full_key}=...)"
+    if isinstance(e, OverrideParseException):
+        detail = "; ".join(ln.strip() for ln in str(e).splitlines() if ln.strip() and "hydra.cc" not in ln)
+        return f"cannot parse override {e.override!r}: {detail}"
+    if isinstance(e, MissingConfigException):
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        options = f" (available: {', '.join(e.options)})" if getattr(e, "options", None) else ""
+        return lines[0] + options
+    if isinstance(e, (HydraException, OmegaConfBaseException)):
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        cause = e.__cause__
+        if cause is not None and str(cause).strip():
+            first += f" {str(cause).strip().splitlines()[0]}"
+        hint = next((ln.strip() for ln in str(e).splitlines() if ln.startswith("To append")), "")
+        return first + (f" ({hint[0].lower() + hint[1:]})" if hint else "")
+    return None
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    """Hydra task: train and test; user errors exit 2 with one line (so one sweep job fails alone)."""
     try:
         results = train(cfg)
-    except (CeodError, InstantiationException) as e:
-        cause = _unwrap(e)
-        if isinstance(e, InstantiationException) and not isinstance(cause, CeodError):
+    except Exception as e:
+        message = one_line(e)
+        if message is None:
             raise
-        print(f"error: {cause}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     return results.get("val/auroc")
 
 
+def cli() -> None:
+    """``python -m ceod.train``: Hydra's CLI, with config errors reported on one line (exit 2).
+
+    Set HYDRA_FULL_ERROR=1 for Hydra's own full report and stack traces.
+    """
+    if os.environ.get("HYDRA_FULL_ERROR"):
+        main()
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # make Hydra raise instead of printing a multi-line report
+    try:
+        main()
+    except Exception as e:
+        message = one_line(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -1,0 +1,103 @@
+"""End to end: composed configs with fast_dev_run, the CLI on a tiny dataset, one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from ceod.models.custom_cnn import CustomCNN
+from ceod.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_custom_cnn_parameter_count_and_outputs():
+    model = CustomCNN(in_chans=3)
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert abs(n - 294_994) <= 0.05 * 294_994
+    logits, feats = model(torch.rand(2, 3, 128, 128))
+    assert logits.shape == (2, 2) and feats.shape == (2, 128, 16, 16)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) == 8
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 8
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.modules()) == 3
+
+
+@pytest.mark.parametrize("loss", ["ce", "ceod", "ceod_linear"])
+def test_fast_dev_run_from_composed_config(make_cfg, tiny_root, loss):
+    cfg = make_cfg(f"loss={loss}", "trainer.fast_dev_run=true", "trainer.accelerator=cpu", f"data.root={tiny_root}",
+                   "+data.generator={n_good:24,n_defect:20}", "data.image_size=64", "data.batch_size=8")
+    results = train(cfg)
+    assert {"train/loss", "test/auroc", "test/acc", "test/f1", "test/aoi_energy", "test/pointing_game"} <= set(results)
+    assert all(v == v for k, v in results.items() if k.startswith("train/"))  # no NaN
+    assert cfg.loss.omega == (0.0 if loss == "ce" else 0.001)
+
+
+def test_default_config_is_ceod_on_synthetic_zipper(make_cfg):
+    cfg = make_cfg()
+    assert cfg.loss._target_ == "ceod.loss.CEODLoss" and cfg.loss.omega == 0.001
+    assert cfg.data.variant == "synthetic_zipper" and cfg.data.batch_size == 32
+    assert cfg.optimizer._target_ == "torch.optim.Adamax" and cfg.optimizer.lr == 0.002
+    assert cfg.trainer.inference_mode is False
+    opt = instantiate(cfg.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))])
+    assert isinstance(opt, torch.optim.Adamax)
+
+
+@pytest.mark.parametrize("experiment", ["synthetic_zipper", "synthetic_zipper_decoy"])
+def test_experiments_compose(make_cfg, experiment):
+    cfg = make_cfg(f"+experiment={experiment}", "trainer.max_epochs=3", "data.batch_size=16")
+    assert cfg.data.variant == experiment and cfg.task_name == experiment
+    assert cfg.trainer.max_epochs == 3 and cfg.data.batch_size == 16
+
+
+def _cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CEOD_DATA_DIR": str(cwd / "data")}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "ceod.train", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_cli_end_to_end(tmp_path):
+    r = _cli("trainer.max_epochs=2", "+data.generator={n_good:20,n_defect:20}", "data.image_size=64",
+             "data.batch_size=16", "trainer.accelerator=cpu", "hydra.run.dir=out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for key in ("accuracy", "AUROC", "F1", "AOI energy", "confusion matrix"):
+        assert key in r.stdout
+    out = tmp_path / "out"
+    assert (out / "config.yaml").is_file() and (out / ".hydra" / "overrides.yaml").is_file()
+    assert list((out / "checkpoints").glob("*.ckpt"))
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    with open(out / "csv" / "metrics.csv") as f:
+        cols = next(csv.reader(f))
+    assert {"val/auroc", "test/auroc", "train/od", "train/ce", "val/aoi_energy"} <= set(cols)
+    assert (tmp_path / "data" / "synthetic_zipper_seed0" / "manifest.csv").is_file()
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["trainer.max_epoch=3"], "trainer.max_epoch"),
+    (["data=nosuch"], "data/nosuch"),
+    (["data=folder", "data.root=/nonexistent/ceod"], "/nonexistent/ceod"),
+    (["data=folder"], "data.root"),
+    (["loss.variant=cube"], "loss.variant"),
+])
+def test_bad_input_is_one_line(tmp_path, args, culprit):
+    r = _cli(*args, "hydra.run.dir=out", cwd=tmp_path, timeout=120)
+    assert r.returncode == 2
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and culprit in errors[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+
+
+def test_empty_image_folder_is_one_line(tmp_path):
+    (tmp_path / "ds" / "images" / "good").mkdir(parents=True)
+    r = _cli("data=folder", f"data.root={tmp_path / 'ds'}", "hydra.run.dir=out", cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("error:")] == [
+        f"error: no images found under {tmp_path / 'ds' / 'images'}"]
