@@ -76,6 +76,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
+    if cfg.get("finetune") is not None:  # freeze before the Trainer (and DDP) wraps the model
+        model = instantiate(cfg.finetune)(model)
+    norm = getattr(model, "pretrained_normalization", None)  # (mean, std) of pretrained weights
+    if norm is not None and getattr(datamodule, "mean", ()) is None:
+        datamodule.mean, datamodule.std = tuple(norm[0]), tuple(norm[1])
     loss = instantiate(cfg.loss)
     trainable, total = count_parameters(model)
     print(f"[ceod] model {cfg.model._target_.rsplit('.', 1)[-1]}: {trainable:,} trainable / {total:,} parameters")
