@@ -80,14 +80,14 @@ class CEODModule(L.LightningModule):
 
     def _eval_epoch_end(self, stage: str) -> None:
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
-        self.log_dict(metrics.compute(), sync_dist=False)
+        self.log_dict(metrics.compute(), sync_dist=True)  # already synced by torchmetrics; avoids the warning
         metrics.reset()
         confmat = getattr(self, f"{stage}_confmat")
         cm = confmat.compute()
         confmat.reset()
         self.confusion[stage] = cm.cpu()
         for (i, j), name in {(0, 0): "tn", (0, 1): "fp", (1, 0): "fn", (1, 1): "tp"}.items():
-            self.log(f"{stage}/{name}", cm[i, j].float())
+            self.log(f"{stage}/{name}", cm[i, j].float(), sync_dist=True)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step("val", batch)

@@ -29,7 +29,19 @@ def run_id() -> str:
     return time.strftime("%Y-%m-%d_%H-%M-%S")
 
 
+def generator_tag(overrides) -> str:
+    """'' for the preset synthetic dataset, else '_<hash>' of the generator overrides (its own cache folder)."""
+    if not overrides:
+        return ""
+    import hashlib
+    import json
+
+    items = OmegaConf.to_container(overrides, resolve=True) if isinstance(overrides, DictConfig) else overrides
+    return "_" + hashlib.sha1(json.dumps(items, sort_keys=True).encode()).hexdigest()[:8]
+
+
 OmegaConf.register_new_resolver("run_id", run_id, replace=True)
+OmegaConf.register_new_resolver("generator_tag", generator_tag, replace=True)
 
 
 def _unwrap(e: BaseException) -> BaseException:

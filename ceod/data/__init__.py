@@ -1,0 +1,1 @@
+"""Datasets and DataModules. Submodules import Lightning; ``ceod.data.synthetic`` needs only numpy/PIL."""

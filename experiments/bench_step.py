@@ -1,0 +1,128 @@
+"""Training-step cost of CEOD vs CE: time and memory, interleaved, median of N steps.
+
+    python experiments/bench_step.py                       # custom CNN 128 px + EfficientNet-B0 224 px, batch 32
+    python experiments/bench_step.py --models custom_cnn --reps 15
+
+A step is forward → loss → backward → Adamax step, on random images with a random AOI band.
+Variants run interleaved (CE, CEOD, CE, CEOD, …) so machine noise hits both alike; ratios are
+CEOD/CE medians from the same run. Memory: on CUDA the peak allocated bytes of the step; on CPU
+the peak bytes of tensors saved for backward (activation memory — where CEOD's extra graph would
+show; torch does not track CPU allocations itself).
+
+CEOD variants: ``ceod`` (analytic CAM when the head is GAP→linear, else autograd with
+create_graph) and ``ceod_autograd`` (autograd Grad-CAM forced, second-order graph).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from ceod.loss import CEODLoss
+
+
+class SavedBytes:
+    """Peak bytes of tensors saved for backward (unique storages) while active."""
+
+    def __init__(self) -> None:
+        self.current = self.peak = 0
+        self.seen: set[int] = set()
+
+    def pack(self, t: torch.Tensor):
+        key = t.untyped_storage().data_ptr()
+        if key not in self.seen:
+            self.seen.add(key)
+            self.current += t.untyped_storage().nbytes()
+            self.peak = max(self.peak, self.current)
+        return t
+
+    @staticmethod
+    def unpack(t):
+        return t
+
+
+def build(name: str, channels: int) -> nn.Module:
+    if name == "custom_cnn":
+        from ceod.models.custom_cnn import CustomCNN
+
+        return CustomCNN(in_chans=channels)
+    from ceod.models.timm_backbone import TimmClassifier  # issue: models
+
+    return TimmClassifier(name=name, in_chans=channels, pretrained=False)
+
+
+def step(model, opt, loss_fn, x, mask, y, head_weight, device) -> tuple[float, int]:
+    meter = SavedBytes()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+        logits, feats = model(x)
+        out = loss_fn(logits, y, mask, features=feats, head_weight=head_weight)
+    opt.zero_grad(set_to_none=True)
+    out.total.backward()
+    opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        mem = torch.cuda.max_memory_allocated()
+    else:
+        mem = meter.peak
+    return time.perf_counter() - t0, mem
+
+
+def bench(model_name: str, size: int, batch: int, reps: int, warmup: int, device: torch.device) -> None:
+    torch.manual_seed(0)
+    channels = 1 if model_name == "custom_cnn" else 3
+    model = build(model_name, channels).to(device).train()
+    opt = torch.optim.Adamax([p for p in model.parameters() if p.requires_grad], lr=0.002)
+    x = torch.rand(batch, channels, size, size, device=device)
+    mask = torch.zeros(batch, size, size, device=device)
+    mask[:, :, size // 3: size // 2] = 1
+    y = (torch.arange(batch, device=device) % 2)
+    analytic = getattr(model, "cam_head_weight", None)
+    variants = {
+        "ce": (CEODLoss(omega=0.0), analytic),
+        "ceod": (CEODLoss(omega=1e-3), analytic),
+        "ceod_autograd": (CEODLoss(omega=1e-3), None),
+    }
+    times = {k: [] for k in variants}
+    mems = {k: [] for k in variants}
+    for r in range(warmup + reps):
+        for name, (loss_fn, hw) in variants.items():
+            hw_now = model.cam_head_weight if hw is not None else None
+            t, m = step(model, opt, loss_fn, x, mask, y, hw_now, device)
+            if r >= warmup:
+                times[name].append(t)
+                mems[name].append(m)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    mem = {k: max(v) for k, v in mems.items()}
+    head = "analytic" if analytic is not None else "autograd"
+    print(f"\n{model_name} {size}px batch {batch} on {device.type}, median of {reps} (after {warmup} warm-up), "
+          f"CAM path for 'ceod': {head}")
+    print(f"| variant | step time (ms) | time / CE | memory (MiB) | memory / CE |")
+    print(f"|---|---|---|---|---|")
+    for k in variants:
+        print(f"| {k} | {med[k] * 1e3:.1f} | {med[k] / med['ce']:.3f} | {mem[k] / 2**20:.1f} | {mem[k] / mem['ce']:.3f} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="+", default=["custom_cnn", "efficientnet_b0"])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--reps", type=int, default=11)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = p.parse_args()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    for name in a.models:
+        size = 128 if name == "custom_cnn" else 224
+        bench(name, size, a.batch, a.reps, a.warmup, torch.device(a.device))
+
+
+if __name__ == "__main__":
+    main()
