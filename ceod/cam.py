@@ -20,6 +20,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+FP16_CAM_SCALE = 1024.0
+
+
+def _promote(t: Tensor) -> Tensor:
+    """Half-precision tensors to fp32; fp32/fp64 unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _class_index(target: int | Tensor, batch: int, device: torch.device) -> Tensor:
     if isinstance(target, Tensor):
         idx = target.to(device=device, dtype=torch.long).reshape(-1)
@@ -47,9 +55,11 @@ def grad_cam_weights(
     idx = _class_index(target, logits.shape[0], logits.device)
     # Samples are independent after the feature map, so the gradient of the summed
     # scores w.r.t. the features is each sample's own gradient.
-    score = logits.gather(1, idx[:, None]).sum()
-    (grads,) = torch.autograd.grad(score, features, create_graph=create_graph, retain_graph=True)
-    return grads.mean(dim=(2, 3))
+    score = _promote(logits).gather(1, idx[:, None]).sum()
+    # fp16 (AMP) features: scale the score so small gradients do not flush to zero, unscale in fp32
+    scale = FP16_CAM_SCALE if features.dtype == torch.float16 else 1.0
+    (grads,) = torch.autograd.grad(score * scale, features, create_graph=create_graph, retain_graph=True)
+    return _promote(grads).mean(dim=(2, 3)) / scale
 
 
 def analytic_cam_weights(head_weight: Tensor, features: Tensor, target: int | Tensor = 1) -> Tensor:
@@ -62,8 +72,9 @@ def analytic_cam_weights(head_weight: Tensor, features: Tensor, target: int | Te
 
 
 def cam_from_weights(alpha: Tensor, features: Tensor) -> Tensor:
-    """heat (B×h×w) = ReLU(Σ_k α_k A_k)."""
-    return F.relu(torch.einsum("bk,bkhw->bhw", alpha.to(features.dtype), features))
+    """heat (B×h×w) = ReLU(Σ_k α_k A_k), in fp32 or fp64 (half-precision features are promoted)."""
+    dtype = torch.float64 if torch.float64 in (alpha.dtype, features.dtype) else torch.float32
+    return F.relu(torch.einsum("bk,bkhw->bhw", alpha.to(dtype), features.to(dtype)))
 
 
 def grad_cam(

@@ -21,12 +21,21 @@ from ceod.errors import CeodError
 
 
 def run_id() -> str:
-    """SLURM job id (with array task) on a cluster — stable across requeues — else a timestamp."""
-    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
-    if job:
-        task = os.environ.get("SLURM_ARRAY_TASK_ID")
-        return f"slurm-{job}" + (f"_{task}" if task and os.environ.get("SLURM_ARRAY_JOB_ID") else "")
-    return time.strftime("%Y-%m-%d_%H-%M-%S")
+    """Name of this run's (or sweep's) folder, fixed once per launch and shared by its jobs.
+
+    CEOD_RUN_ID if set (inherited by sweep jobs and DDP workers), else the SLURM job id (with array
+    task) on a cluster — stable across requeues — else a timestamp.
+    """
+    value = os.environ.get("CEOD_RUN_ID")
+    if not value:
+        job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+        if job:
+            task = os.environ.get("SLURM_ARRAY_TASK_ID")
+            value = f"slurm-{job}" + (f"_{task}" if task and os.environ.get("SLURM_ARRAY_JOB_ID") else "")
+        else:
+            value = time.strftime("%Y-%m-%d_%H-%M-%S")
+        os.environ["CEOD_RUN_ID"] = value
+    return value
 
 
 def generator_tag(overrides) -> str:

@@ -48,3 +48,22 @@ def test_wandb_offline_logger(tmp_path):
     runs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     assert (tmp_path / "out" / "csv" / "metrics.csv").is_file()  # CSV still written beside W&B
+
+
+def test_run_id_is_fixed_per_launch_and_named_by_slurm_job(monkeypatch):
+    import time
+
+    from ceod.train import run_id
+
+    for var in ("CEOD_RUN_ID", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(var, raising=False)
+    first = run_id()
+    time.sleep(1.1)
+    assert run_id() == first  # every job of a sweep lands in the same folder
+    monkeypatch.delenv("CEOD_RUN_ID")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert run_id() == "slurm-4242"  # a requeued job finds its own folder again
+    monkeypatch.delenv("CEOD_RUN_ID")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert run_id() == "slurm-77_3"

@@ -56,7 +56,7 @@ class SyntheticConfig:
     n_defect: int = 184
     size: int = 128
     split: tuple[float, float, float] = (0.7, 0.2, 0.1)
-    contrast: float = 0.16
+    contrast: float = 0.14
     contrast_jitter: float = 0.3
     p_fabric_good: float = 0.85
     p_fabric_defect: float = 0.5
@@ -84,9 +84,9 @@ VARIANTS: dict[str, SyntheticConfig] = {
     # distractors: marks on the fabric that must not count
     "synthetic_zipper": SyntheticConfig(),
     # distractors + subtle defects + a train-only shortcut (decoy ⇔ defective in train/val)
-    "synthetic_zipper_decoy": SyntheticConfig(contrast=0.10, decoy_p=1.0),
+    "synthetic_zipper_decoy": SyntheticConfig(contrast=0.12, decoy_p=1.0),
     # control for the above: same data, decoy independent of the label everywhere
-    "synthetic_zipper_decoy_control": SyntheticConfig(contrast=0.10, decoy_p=0.5),
+    "synthetic_zipper_decoy_control": SyntheticConfig(contrast=0.12, decoy_p=0.5),
 }
 
 
