@@ -39,8 +39,20 @@ def _class_index(target: int | Tensor, batch: int, device: torch.device) -> Tens
     return torch.full((batch,), int(target), dtype=torch.long, device=device)
 
 
+def class_score(logits: Tensor, idx: Tensor, score: str = "logit") -> Tensor:
+    """Per-sample score B whose Grad-CAM is taken: the class logit, or its margin over the mean of the
+    other logits (``margin``; for two classes the log-odds, which is all a softmax classifier uses)."""
+    chosen = logits.gather(1, idx[:, None])[:, 0]
+    if score == "logit":
+        return chosen
+    if score == "margin":
+        others = (logits.sum(dim=1) - chosen) / (logits.shape[1] - 1)
+        return chosen - others
+    raise ValueError(f"CAM score must be 'logit' or 'margin', got {score!r}")
+
+
 def grad_cam_weights(
-    logits: Tensor, features: Tensor, target: int | Tensor = 1, create_graph: bool = True
+    logits: Tensor, features: Tensor, target: int | Tensor = 1, create_graph: bool = True, score: str = "logit"
 ) -> Tensor:
     """α (B×K): spatial mean of ∂logit_target/∂features, via autograd.
 
@@ -55,19 +67,24 @@ def grad_cam_weights(
     idx = _class_index(target, logits.shape[0], logits.device)
     # Samples are independent after the feature map, so the gradient of the summed
     # scores w.r.t. the features is each sample's own gradient.
-    score = _promote(logits).gather(1, idx[:, None]).sum()
+    total = class_score(_promote(logits), idx, score).sum()
     # fp16 (AMP) features: scale the score so small gradients do not flush to zero, unscale in fp32
     scale = FP16_CAM_SCALE if features.dtype == torch.float16 else 1.0
-    (grads,) = torch.autograd.grad(score * scale, features, create_graph=create_graph, retain_graph=True)
+    (grads,) = torch.autograd.grad(total * scale, features, create_graph=create_graph, retain_graph=True)
     return _promote(grads).mean(dim=(2, 3)) / scale
 
 
-def analytic_cam_weights(head_weight: Tensor, features: Tensor, target: int | Tensor = 1) -> Tensor:
+def analytic_cam_weights(head_weight: Tensor, features: Tensor, target: int | Tensor = 1, score: str = "logit") -> Tensor:
     """α (B×K) for a GAP → linear head with weight ``head_weight`` (C×K): α_k = W[c,k]/(h·w)."""
     b, k, h, w = features.shape
     if head_weight.ndim != 2 or head_weight.shape[1] != k:
         raise ValueError(f"head weight of shape {tuple(head_weight.shape)} does not match {k} feature channels")
     idx = _class_index(target, b, features.device)
+    if score == "margin":
+        others = (head_weight.sum(dim=0, keepdim=True) - head_weight[idx]) / (head_weight.shape[0] - 1)
+        return (head_weight[idx] - others) / (h * w)
+    if score != "logit":
+        raise ValueError(f"CAM score must be 'logit' or 'margin', got {score!r}")
     return head_weight[idx] / (h * w)
 
 
@@ -84,19 +101,21 @@ def grad_cam(
     head_weight: Tensor | None = None,
     create_graph: bool = True,
     size: tuple[int, int] | None = None,
+    score: str = "logit",
 ) -> Tensor:
     """Grad-CAM heat of class ``target``: B×h×w, or B×H×W when ``size`` is given.
 
     Uses the analytic path when ``head_weight`` (the C×K weight of a GAP → linear head)
     is given, the autograd path otherwise (then ``logits`` is required). ``size`` upsamples
-    bilinearly (align_corners=False) to the image size.
+    bilinearly (align_corners=False) to the image size. ``score``: ``logit`` (the papers' Grad-CAM of
+    the class logit) or ``margin`` (of logit_c minus the other logits' mean).
     """
     if head_weight is not None:
-        alpha = analytic_cam_weights(head_weight, features, target)
+        alpha = analytic_cam_weights(head_weight, features, target, score)
     else:
         if logits is None:
             raise ValueError("grad_cam needs logits when no head weight is given")
-        alpha = grad_cam_weights(logits, features, target, create_graph=create_graph)
+        alpha = grad_cam_weights(logits, features, target, create_graph=create_graph, score=score)
     heat = cam_from_weights(alpha, features)
     if size is not None:
         heat = upsample(heat, size)

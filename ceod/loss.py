@@ -166,6 +166,7 @@ class CEODLoss(nn.Module):
         filter_normalize: str = "none",
         y_weighting: bool = True,
         defect_class: int = 1,
+        cam_score: str = "logit",
     ) -> None:
         super().__init__()
         # Validate now so a bad config fails at start-up, not at the first step.
@@ -175,6 +176,8 @@ class CEODLoss(nn.Module):
             raise ConfigError(f"loss.threshold must be one of {THRESHOLD_MODES}, got {threshold!r}")
         if filter_normalize not in FILTER_NORMALIZE:
             raise ConfigError(f"loss.filter_normalize must be one of {FILTER_NORMALIZE}, got {filter_normalize!r}")
+        if cam_score not in ("logit", "margin"):
+            raise ConfigError(f"loss.cam_score must be 'logit' or 'margin', got {cam_score!r}")
         if omega < 0:
             raise ConfigError(f"loss.omega must be ≥ 0, got {omega}")
         if not 0.0 < eps < 0.5:
@@ -183,6 +186,7 @@ class CEODLoss(nn.Module):
             raise ConfigError(f"loss.tau must lie in [0, 1), got {tau}")
         self.omega = float(omega)
         self.defect_class = int(defect_class)
+        self.cam_score = cam_score
         self.options = dict(
             variant=variant, eps=eps, tau=tau, threshold=threshold, temperature=temperature,
             kernel_size=kernel_size, kernel_value=kernel_value, filter_normalize=filter_normalize,
@@ -210,11 +214,12 @@ class CEODLoss(nn.Module):
                 raise ValueError("CEODLoss needs the CAM layer's features or a precomputed heat map")
             differentiable = self.uses_cam and torch.is_grad_enabled()
             with torch.set_grad_enabled(differentiable or head_weight is None):
-                heat = grad_cam(features, logits, self.defect_class, head_weight, create_graph=differentiable)
+                heat = grad_cam(features, logits, self.defect_class, head_weight, create_graph=differentiable,
+                                score=self.cam_score)
             if not differentiable:
                 heat = heat.detach()
             heat = upsample(heat, tuple(aoi_mask.shape[-2:]))
         return ceod_loss(logits, target, heat, aoi_mask, omega=self.omega, **self.options)
 
     def extra_repr(self) -> str:
-        return f"omega={self.omega}, " + ", ".join(f"{k}={v}" for k, v in self.options.items())
+        return f"omega={self.omega}, cam_score={self.cam_score}, " + ", ".join(f"{k}={v}" for k, v in self.options.items())

@@ -61,7 +61,7 @@ class CEODModule(L.LightningModule):
         with torch.enable_grad():
             logits, feats = self.model(x)
             heat = grad_cam(feats, logits, self.defect_class, self._head_weight, create_graph=False,
-                            size=tuple(x.shape[-2:]))
+                            size=tuple(x.shape[-2:]), score=getattr(self.loss, "cam_score", "logit"))
         logits, heat = logits.detach(), heat.detach()
         out = self.loss(logits, y, mask, heat=heat)
         n = y.shape[0]

@@ -89,6 +89,13 @@ def test_analytic_path_equals_autograd_path():
     per_sample = torch.tensor([0, 1, 1, 0])
     assert torch.allclose(grad_cam(feats, logits, per_sample), grad_cam(feats, None, per_sample, model.cam_head_weight),
                           atol=1e-6, rtol=1e-5)
+    for score in ("logit", "margin"):
+        assert torch.allclose(grad_cam(feats, logits, 1, score=score),
+                              grad_cam(feats, None, 1, model.cam_head_weight, score=score), atol=1e-6, rtol=1e-5)
+    # margin = CAM of (logit_1 - logit_0): equals the logit CAM of a head with weight W1 - W0, before the ReLU
+    w = model.cam_head_weight
+    diff_head = torch.stack([w[0] - w[1], w[1] - w[0]])
+    assert torch.allclose(grad_cam(feats, None, 1, w, score="margin"), grad_cam(feats, None, 1, diff_head), atol=1e-6)
     # the analytic path is differentiable too, w.r.t. features and head
     g = torch.autograd.grad(analytic.sum(), [feats, model.head.weight])
     assert all(t.abs().sum() > 0 for t in g)
