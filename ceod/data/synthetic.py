@@ -84,9 +84,9 @@ VARIANTS: dict[str, SyntheticConfig] = {
     # distractors: marks on the fabric that must not count
     "synthetic_zipper": SyntheticConfig(),
     # distractors + subtle defects + a train-only shortcut (decoy ⇔ defective in train/val)
-    "synthetic_zipper_decoy": SyntheticConfig(contrast=0.12, decoy_p=1.0),
+    "synthetic_zipper_decoy": SyntheticConfig(contrast=0.13, decoy_p=1.0),
     # control for the above: same data, decoy independent of the label everywhere
-    "synthetic_zipper_decoy_control": SyntheticConfig(contrast=0.12, decoy_p=0.5),
+    "synthetic_zipper_decoy_control": SyntheticConfig(contrast=0.13, decoy_p=0.5),
 }
 
 
