@@ -161,18 +161,22 @@ def one_line(e: BaseException) -> str | None:
     return None
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Hydra task: train and test; user errors exit 2 with one line (so one sweep job fails alone)."""
+def report_user_errors(fn):
+    """Run ``fn()``; a user error (see :func:`one_line`) prints one ``error:`` line and exits 2."""
     try:
-        results = train(cfg)
+        return fn()
     except Exception as e:
         message = one_line(e)
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
-    return results.get("val/auroc")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra task: train and test; user errors exit 2 with one line (so one sweep job fails alone)."""
+    return report_user_errors(lambda: train(cfg)).get("val/auroc")
 
 
 def cli() -> None:
@@ -184,14 +188,7 @@ def cli() -> None:
         main()
         return
     os.environ["HYDRA_FULL_ERROR"] = "1"  # make Hydra raise instead of printing a multi-line report
-    try:
-        main()
-    except Exception as e:
-        message = one_line(e)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+    report_user_errors(main)
 
 
 if __name__ == "__main__":

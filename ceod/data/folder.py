@@ -51,6 +51,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from ceod.data.samples import (
     IMAGE_SUFFIXES,
+    index_masks,
     SPLITS,
     Sample,
     binarize_mask,
@@ -283,13 +284,7 @@ class FolderDataModule(L.LightningDataModule):
         if not masks.is_dir():
             raise DataError(f"AOI mask folder not found: {masks} (set data.mask_dir; "
                             "data.mask_dir=null trains without masks, CE only)")
-        mask_index: dict[Path, Path] = {}
-        for p in masks.rglob("*"):
-            if p.suffix.lower() in IMAGE_SUFFIXES:
-                key = p.relative_to(masks).with_suffix("")
-                if key.name.endswith("_mask"):
-                    key = key.with_name(key.name[: -len("_mask")])
-                mask_index.setdefault(key, p)
+        mask_index = index_masks(masks)
         samples = []
         for p, label in found:
             rel = p.relative_to(images)

@@ -48,6 +48,7 @@ from PIL import Image
 from ceod.data.folder import FolderDataModule, _first, info
 from ceod.data.samples import (
     IMAGE_SUFFIXES,
+    index_masks,
     Sample,
     binarize_mask,
     read_array,
@@ -213,13 +214,7 @@ class MVTecZipperDataModule(FolderDataModule):
             raise DataError(f"AOI folder not found: {base} (data.aoi_dir)")
         if (base / self.category / "test").is_dir() or (base / self.category / "train").is_dir():
             base = base / self.category
-        index: dict[Path, Path] = {}
-        for p in base.rglob("*"):
-            if p.suffix.lower() in IMAGE_SUFFIXES:
-                key = p.relative_to(base).with_suffix("")
-                if key.name.endswith("_mask"):
-                    key = key.with_name(key.name[: -len("_mask")])
-                index.setdefault(key, p)
+        index = index_masks(base)
         missing = []
         for r in recs:
             key = Path(r["origin"], r["type"], r["image"].stem)

@@ -90,6 +90,19 @@ def stratified_split(
 
 
 # ----------------------------------------------------------------------------- reading files
+def index_masks(base: Path) -> dict[Path, Path]:
+    """Mask files under ``base`` keyed by their relative path without suffix (a ``_mask`` suffix on the
+    stem is dropped), so ``good/001.png`` finds ``good/001.png``, ``good/001.bmp`` or ``good/001_mask.png``."""
+    index: dict[Path, Path] = {}
+    for p in sorted(base.rglob("*")):
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            key = p.relative_to(base).with_suffix("")
+            if key.name.endswith("_mask"):
+                key = key.with_name(key.name[: -len("_mask")])
+            index.setdefault(key, p)
+    return index
+
+
 def image_size_of(path: Path) -> tuple[int, int]:
     """(width, height) from the file header only (cheap; no decode)."""
     try:

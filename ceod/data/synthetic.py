@@ -27,23 +27,19 @@ CLI: ``python -m ceod.data.synthetic --out DIR --seed S [--variant V] [--n-good 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ceod.data.layout import CLASS_DIRS, atomic_directory, write_manifest
 from ceod.errors import CeodError, DataError
 
 GENERATOR_VERSION = 1
-CLASS_DIRS = {0: "good", 1: "defect"}
 MARK_TYPES = ("blob", "scratch", "patch")
 
 
@@ -282,16 +278,11 @@ def generate(out: str | Path, cfg: SyntheticConfig | None = None, overwrite: boo
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise DataError(f"output folder {out} exists and is not empty (pass overwrite=True / --overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         labels = np.array([0] * cfg.n_good + [1] * cfg.n_defect)
         order = np.random.default_rng([cfg.seed, 3]).permutation(len(labels))
         labels = labels[order]
         splits = _splits(cfg, labels)
-        for cls in CLASS_DIRS.values():
-            (tmp / "images" / cls).mkdir(parents=True)
-            (tmp / "masks" / cls).mkdir(parents=True)
         rows, geoms = [], []
         for i, (label, split) in enumerate(zip(labels.tolist(), splits)):
             img, aoi, geom = make_sample(cfg, i, label, split)
@@ -301,21 +292,12 @@ def generate(out: str | Path, cfg: SyntheticConfig | None = None, overwrite: boo
             Image.fromarray(aoi.astype(np.uint8) * 255, mode="L").save(tmp / rel_mask)
             rows.append({"image": rel_img, "mask": rel_mask, "label": label, "split": split})
             geoms.append({"image": rel_img, "label": label, "split": split, **geom})
-        with open(tmp / "manifest.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["image", "mask", "label", "split"])
-            w.writeheader()
-            w.writerows(rows)
+        write_manifest(tmp / "manifest.csv", rows, ["image", "mask", "label", "split"])
         with open(tmp / "geometry.jsonl", "w") as f:
             for g in geoms:
                 f.write(json.dumps(g) + "\n")
         meta = {"generator": "ceod.data.synthetic", "version": GENERATOR_VERSION, "config": asdict(cfg)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -15,11 +15,7 @@ paper's 400 images) in the folder layout (``images/``, ``masks/``, ``manifest.cs
 
 from __future__ import annotations
 
-import csv
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -29,9 +25,9 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from ceod.data.layout import CLASS_DIRS, atomic_directory, write_manifest
 from ceod.errors import ConfigError, DataError
 
-CLASS_DIRS = {0: "good", 1: "defect"}
 
 
 def train_transform(
@@ -162,12 +158,7 @@ def write_augmented_set(
         k = max(queues, key=lambda c: (len(queues[c]) - taken[c]) / len(queues[c]) if taken[c] < len(queues[c]) else -1)
         order.append(int(queues[k][taken[k]]))
         taken[k] += 1
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        for cls in CLASS_DIRS.values():
-            (tmp / "images" / cls).mkdir(parents=True)
-            (tmp / "masks" / cls).mkdir(parents=True)
+    with atomic_directory(out) as tmp:
         rows = []
         for k in range(n):
             i = order[k % total]
@@ -183,14 +174,5 @@ def write_augmented_set(
             _save_png(mask.float(), tmp / "masks" / rel)
             rows.append({"image": f"images/{rel}", "mask": f"masks/{rel}", "label": label, "split": split,
                          "source": name, "augmented": int(augmented)})
-        with open(tmp / "manifest.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["image", "mask", "label", "split", "source", "augmented"])
-            w.writeheader()
-            w.writerows(rows)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_manifest(tmp / "manifest.csv", rows, ["image", "mask", "label", "split", "source", "augmented"])
     return out
