@@ -91,7 +91,8 @@ def analytic_cam_weights(head_weight: Tensor, features: Tensor, target: int | Te
 def cam_from_weights(alpha: Tensor, features: Tensor) -> Tensor:
     """heat (B×h×w) = ReLU(Σ_k α_k A_k), in fp32 or fp64 (half-precision features are promoted)."""
     dtype = torch.float64 if torch.float64 in (alpha.dtype, features.dtype) else torch.float32
-    return F.relu(torch.einsum("bk,bkhw->bhw", alpha.to(dtype), features.to(dtype)))
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        return F.relu(torch.einsum("bk,bkhw->bhw", alpha.to(dtype), features.to(dtype)))
 
 
 def grad_cam(
@@ -126,4 +127,5 @@ def upsample(heat: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear resize of a B×h×w heat map to B×H×W."""
     if tuple(heat.shape[-2:]) == tuple(size):
         return heat
-    return F.interpolate(heat[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    with torch.autocast(device_type=heat.device.type, enabled=False):
+        return F.interpolate(heat[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]

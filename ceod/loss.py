@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -65,7 +67,9 @@ def hottest_pixels(heat: Tensor, tau: float = 0.5, mode: str = "hard", temperatu
     if mode not in THRESHOLD_MODES:
         raise ValueError(f"threshold mode must be one of {THRESHOLD_MODES}, got {mode!r}")
     peak = heat.amax(dim=(-2, -1), keepdim=True)
-    rel = heat / torch.where(peak > 0, peak, torch.ones_like(peak))
+    # a peak this small is numerically zero heat: 1/peak would blow the gradient up to inf/NaN
+    alive = peak > math.sqrt(torch.finfo(heat.dtype).tiny)
+    rel = torch.where(alive, heat / torch.where(alive, peak, torch.ones_like(peak)), torch.zeros_like(heat))
     if mode == "soft":
         return rel * torch.sigmoid((rel - tau) / temperature)
     if tau <= 0:
@@ -104,6 +108,7 @@ class CEODOutput:
     od: Tensor  # scalar: mean OD over the images that contribute (0 when none do)
     overlap: Tensor  # B: per-image overlap coefficient (0 where undefined)
     contributes: Tensor  # B bool: images whose OD enters the loss
+    active: Tensor  # scalar: share of contributing images whose OD has a gradient (not clipped)
 
 
 def ceod_loss(
@@ -130,6 +135,13 @@ def ceod_loss(
     """
     if heat.shape != aoi_mask.shape:
         raise ValueError(f"heat {tuple(heat.shape)} and AOI mask {tuple(aoi_mask.shape)} differ in shape")
+    with torch.autocast(device_type=heat.device.type, enabled=False):  # AMP: the loss stays fp32/fp64
+        return _ceod_loss(logits, target, heat, aoi_mask, omega, variant, eps, tau, threshold, temperature,
+                          kernel_size, kernel_value, filter_normalize, y_weighting, defect_class)
+
+
+def _ceod_loss(logits, target, heat, aoi_mask, omega, variant, eps, tau, threshold, temperature,
+               kernel_size, kernel_value, filter_normalize, y_weighting, defect_class) -> CEODOutput:
     # half-precision inputs (AMP) are promoted: the loss is computed in fp32 or fp64
     dtype = torch.float64 if torch.float64 in (heat.dtype, logits.dtype) else torch.float32
     ce_i = F.cross_entropy(logits.to(dtype), target, reduction="none")
@@ -144,7 +156,11 @@ def ceod_loss(
     ce = ce_i.mean()
     total = ce + omega * od_i.sum() / n
     od = od_i.sum() / contributes.sum().clamp(min=1)
-    return CEODOutput(total=total, ce=ce, od=od, overlap=overlap, contributes=contributes)
+    # share of contributing images whose overlap lies inside (ε, 1−ε): the others get no OD gradient
+    # (with the papers' unnormalised filter the overlap saturates at 1 early)
+    live = contributes & (overlap > eps) & (overlap < 1 - eps) if variant == "log" else contributes & (overlap < 1)
+    active = live.sum() / contributes.sum().clamp(min=1)
+    return CEODOutput(total=total, ce=ce, od=od, overlap=overlap, contributes=contributes, active=active)
 
 
 class CEODLoss(nn.Module):
@@ -178,6 +194,14 @@ class CEODLoss(nn.Module):
             raise ConfigError(f"loss.filter_normalize must be one of {FILTER_NORMALIZE}, got {filter_normalize!r}")
         if cam_score not in ("logit", "margin"):
             raise ConfigError(f"loss.cam_score must be 'logit' or 'margin', got {cam_score!r}")
+        if temperature <= 0:
+            raise ConfigError(f"loss.temperature must be > 0, got {temperature}")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ConfigError(f"loss.kernel_size must be a positive odd number, got {kernel_size}")
+        if kernel_value <= 0:
+            raise ConfigError(f"loss.kernel_value must be > 0, got {kernel_value}")
+        if defect_class not in (0, 1):
+            raise ConfigError(f"loss.defect_class must be 0 or 1 (two classes), got {defect_class}")
         if omega < 0:
             raise ConfigError(f"loss.omega must be ≥ 0, got {omega}")
         if not 0.0 < eps < 0.5:

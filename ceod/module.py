@@ -15,6 +15,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryConfusionMatrix, BinaryF1Score
 
 from ceod.cam import grad_cam
+from ceod.errors import ConfigError
 from ceod.loss import CEODLoss
 from ceod.metrics import AOIEnergy, PointingGame
 
@@ -53,14 +54,18 @@ class CEODModule(L.LightningModule):
         self.log("train/loss", out.total, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
         self.log("train/ce", out.ce, on_step=False, on_epoch=True, batch_size=n)
         self.log("train/od", out.od, on_step=False, on_epoch=True, batch_size=n)
+        self.log("train/od_active", out.active, on_step=False, on_epoch=True, batch_size=n)
         return out.total
 
     def _eval_step(self, stage: str, batch: dict) -> None:
         x, mask, y = batch["image"], batch["mask"], batch["label"]
-        # Lightning evaluates under no_grad; the general Grad-CAM path needs autograd.
-        with torch.enable_grad():
+        head_weight = self._head_weight
+        if head_weight is None and torch.is_inference_mode_enabled():
+            raise ConfigError("Grad-CAM metrics on this model need autograd in val/test: set trainer.inference_mode=false")
+        # Lightning evaluates under no_grad; only the general Grad-CAM path needs autograd.
+        with torch.set_grad_enabled(head_weight is None):
             logits, feats = self.model(x)
-            heat = grad_cam(feats, logits, self.defect_class, self._head_weight, create_graph=False,
+            heat = grad_cam(feats, logits, self.defect_class, head_weight, create_graph=False,
                             size=tuple(x.shape[-2:]), score=getattr(self.loss, "cam_score", "logit"))
         logits, heat = logits.detach(), heat.detach()
         out = self.loss(logits, y, mask, heat=heat)

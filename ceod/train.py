@@ -17,7 +17,8 @@ from hydra.errors import HydraException, InstantiationException, MissingConfigEx
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from ceod.errors import CeodError
+from ceod.errors import CeodError, ConfigError
+from ceod.log import info
 
 
 def run_id() -> str:
@@ -104,44 +105,68 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule.mean, datamodule.std = tuple(norm[0]), tuple(norm[1])
     loss = instantiate(cfg.loss)
     trainable, total = count_parameters(model)
-    print(f"[ceod] model {cfg.model._target_.rsplit('.', 1)[-1]}: {trainable:,} trainable / {total:,} parameters")
-    print(f"[ceod] loss: {loss.extra_repr()}")
-    module = CEODModule(model, loss, instantiate(cfg.optimizer), scheduler=None)
+    info(f"model {cfg.model._target_.rsplit('.', 1)[-1]}: {trainable:,} trainable / {total:,} parameters")
+    info(f"loss: {loss.extra_repr()}")
+    module = CEODModule(model, loss, instantiate(cfg.optimizer), scheduler=None, defect_class=loss.defect_class)
+
+    ckpt_path = cfg.get("ckpt_path")
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if ckpt_path is None and cfg.get("train", True) and last.is_file():
+        ckpt_path = str(last)  # a requeued job (same SLURM job id → same run dir) resumes
+        info(f"resuming from {last}")
+    if ckpt_path is not None and ckpt_path not in ("last", "best", "hpc") and not Path(ckpt_path).is_file():
+        raise ConfigError(f"checkpoint not found: {ckpt_path} (ckpt_path)")
+    if not cfg.get("train", True) and cfg.get("test", True) and ckpt_path is None:
+        raise ConfigError("train=false tests a trained model: set ckpt_path=/path/to/checkpoint.ckpt")
 
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
-    if trainer.is_global_zero:
-        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
-        for lg in loggers:
-            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-
-    if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    results = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if cfg.get("test", True):
-        ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None)
-        results.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    try:
         if trainer.is_global_zero:
-            print(format_results(results, module.confusion.get("test")))
-            if ckpt:
-                print(f"[ceod] best checkpoint: {ckpt}")
-    if trainer.is_global_zero:
-        print(f"[ceod] outputs in {out_dir}")
-    for lg in loggers:
-        if type(lg).__name__ == "WandbLogger":
+            OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+            for lg in loggers:
+                lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+        results: dict[str, float] = {}
+        best = ""
+        if cfg.get("train", True):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            results = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            cb = trainer.checkpoint_callback
+            best = cb.best_model_path if cb is not None else ""
+            if cb is not None and cb.best_model_score is not None:
+                results["best/" + str(cb.monitor)] = float(cb.best_model_score)
+        if cfg.get("test", True):
+            test_ckpt = best or (ckpt_path if not cfg.get("train", True) else None)
+            trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt)
+            results.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+            if trainer.is_global_zero:
+                print(format_results(results, module.confusion.get("test")))
+                if test_ckpt:
+                    info(f"tested checkpoint: {test_ckpt}")
+        info(f"outputs in {out_dir}")
+    finally:
+        if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
             import wandb
 
-            wandb.finish()
+            wandb.finish()  # one W&B run per job, also when it fails
     return results
 
 
 def one_line(e: BaseException) -> str | None:
     """A one-line message for a user error (bad config key/value, path, file), None for a bug."""
+    target = None
+    if isinstance(e, InstantiationException):
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        target = first.split("'")[1] if first.count("'") >= 2 else None
     e = _unwrap(e)
     if isinstance(e, CeodError):
         return str(e)
+    if target is not None and isinstance(e, (TypeError, ValueError)):
+        return f"bad arguments for {target}: {str(e).strip().splitlines()[0]}"
+    if type(e).__name__ == "MisconfigurationException":
+        return f"trainer: {str(e).strip().splitlines()[0]}"
     if isinstance(e, MissingMandatoryValue):
         return f"missing value for {e.full_key} (set {e.full_key}=...)"
     if isinstance(e, OverrideParseException):
@@ -176,7 +201,8 @@ def report_user_errors(fn):
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra task: train and test; user errors exit 2 with one line (so one sweep job fails alone)."""
-    return report_user_errors(lambda: train(cfg)).get("val/auroc")
+    results = report_user_errors(lambda: train(cfg))
+    return results.get("best/val/auroc", results.get("val/auroc"))  # the value a sweeper optimises
 
 
 def cli() -> None:

@@ -165,3 +165,36 @@ def test_omega_zero_is_plain_cross_entropy():
 def test_bad_options_are_config_errors(bad):
     with pytest.raises(ConfigError, match="loss\\."):
         CEODLoss(**bad)
+
+
+@pytest.mark.parametrize("bad", [dict(temperature=0), dict(kernel_size=4), dict(kernel_value=0), dict(defect_class=2)])
+def test_more_bad_options_are_config_errors(bad):
+    with pytest.raises(ConfigError, match="loss\\."):
+        CEODLoss(**bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_vanishing_heat_peak_is_zero_heat_not_nan(dtype):
+    logits, heat, mask = _batch(dtype)
+    scale = 1e-39 if dtype == torch.float32 else 1e-310  # subnormal peaks: 1/peak overflows
+    tiny = (heat.detach() * scale).requires_grad_()
+    out = ceod_loss(logits, torch.tensor([1, 1, 1, 1]), tiny, mask, omega=1.0, threshold="soft")
+    g = torch.autograd.grad(out.total, tiny)[0]
+    assert torch.isfinite(out.total) and torch.isfinite(g).all()
+
+
+def test_od_active_counts_unsaturated_overlaps():
+    a_gt = box(10, 10, 2, 8, 2, 8)
+    inside = box(10, 10, 3, 5, 3, 5)  # overlap 1 → clipped: no gradient
+    half = box(10, 10, 0, 4, 2, 8)  # partly inside
+    heat = torch.cat([inside, half])
+    out = ceod_loss(torch.zeros(2, 2, dtype=torch.float64), torch.tensor([1, 1]), heat, torch.cat([a_gt, a_gt]),
+                    omega=1.0, tau=0.0, filter_normalize="clip")
+    assert out.active.item() == pytest.approx(0.5)
+
+
+def test_loss_is_fp32_under_autocast():
+    logits, heat, mask = _batch(torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ceod_loss(logits.bfloat16(), torch.tensor([1, 0, 1, 1]), heat.bfloat16(), mask, omega=1.0)
+    assert out.total.dtype == torch.float32 and torch.isfinite(out.total)

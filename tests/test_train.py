@@ -86,6 +86,10 @@ def test_cli_end_to_end(tmp_path):
     (["data=folder", "data.root=/nonexistent/ceod"], "/nonexistent/ceod"),
     (["data=folder"], "data.root"),
     (["loss.variant=cube"], "loss.variant"),
+    (["+loss.foo=1"], "ceod.loss.CEODLoss"),
+    (["train=false"], "ckpt_path"),
+    (["ckpt_path=/nonexistent/x.ckpt"], "/nonexistent/x.ckpt"),
+    (["data.mean=[0.5,0.5]"], "data.mean"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, culprit):
     r = _cli(*args, "hydra.run.dir=out", cwd=tmp_path, timeout=120)
@@ -101,3 +105,19 @@ def test_empty_image_folder_is_one_line(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert [ln for ln in r.stderr.splitlines() if ln.startswith("error:")] == [
         f"error: no images found under {tmp_path / 'ds' / 'images'}"]
+
+
+def test_generator_list_values_and_requeue_resume(make_cfg, tmp_path, capsys):
+    """List-valued generator overrides work; a second run in the same dir resumes from last.ckpt."""
+    over = ("data.generator={n_good:12,n_defect:12,band_width:[0.2,0.3]}", "data.image_size=48",
+            "data.batch_size=8", "trainer.accelerator=cpu", "trainer.max_epochs=1", "logger=none")
+    first = train(make_cfg(*over))
+    assert "test/auroc" in first
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    steps = torch.load(last, weights_only=False)["global_step"]
+    capsys.readouterr()
+    again = train(make_cfg(*over[:-2], "trainer.max_epochs=2", "logger=none"))
+    assert f"resuming from {last}" in capsys.readouterr().out
+    assert torch.load(last, weights_only=False)["global_step"] == 2 * steps  # one more epoch, not two
+    assert "best/val/auroc" in again

@@ -66,13 +66,9 @@ from ceod.data.samples import (
 )
 from ceod.data.transforms import apply_joint, batch_augment, train_transform
 from ceod.errors import ConfigError, DataError
+from ceod.log import info
 
 MANIFEST_NAME = "data_manifest.csv"
-
-
-@rank_zero_only
-def info(msg: str) -> None:
-    print(f"[ceod] {msg}", flush=True)
 
 
 def _first(items: list, k: int = 3) -> str:
@@ -440,9 +436,21 @@ class FolderDataModule(L.LightningDataModule):
         return path
 
     # ------------------------------------------------------------------ Lightning hooks
+    def check_normalization(self) -> None:
+        """data.mean/std: both or neither, one value per channel, std > 0."""
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError("set both data.mean and data.std, or neither")
+        if self.mean is not None:
+            if len(self.mean) != self.channels or len(self.std) != self.channels:
+                raise ConfigError(f"data.mean/std need {self.channels} value(s) (data.channels), "
+                                  f"got {list(self.mean)} / {list(self.std)}")
+            if min(self.std) <= 0:
+                raise ConfigError(f"data.std must be > 0, got {list(self.std)}")
+
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
+        self.check_normalization()
         samples = self.discover()
         samples, cache = self.validate(sorted(samples, key=lambda s: str(s.image)))
         path = self.write_manifest(samples)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 from dataclasses import asdict
 from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
 
 from ceod.data.folder import FolderDataModule
 from ceod.data.synthetic import GENERATOR_VERSION, config_for, generate, read_meta
@@ -21,11 +24,24 @@ class SyntheticZipperDataModule(FolderDataModule):
     def __init__(self, root: str, variant: str = "synthetic_zipper", generator_seed: int = 0,
                  generator: dict | None = None, **kwargs) -> None:
         super().__init__(root=root, **kwargs)
+        if isinstance(generator, DictConfig):
+            generator = OmegaConf.to_container(generator, resolve=True)
         gen = dict(generator or {})
-        gen.setdefault("size", self.image_size)
+        size = self.image_size
+        gen.setdefault("size", size if isinstance(size, int) else max(size))
         self.gen_config = config_for(variant, seed=generator_seed, **gen)
 
     def prepare_data(self) -> None:
+        # parallel sweep jobs may share the cache: one generates, the others wait and reuse it
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.root.parent / f".{self.root.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self._prepare_locked()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _prepare_locked(self) -> None:
         meta = read_meta(self.root)
         wanted = {"generator": "ceod.data.synthetic", "version": GENERATOR_VERSION,
                   "config": _jsonable(asdict(self.gen_config))}

@@ -25,6 +25,7 @@ from __future__ import annotations
 from torch import nn
 
 from ceod.errors import ConfigError
+from ceod.log import info
 
 REGIMES = ("transfer", "last_n", "full")
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
@@ -125,7 +126,7 @@ def apply_finetune(model: nn.Module, regime: str = "full", n: int | None = 20, v
         trainable = sum(p.numel() for p in params if p.requires_grad)
         total = sum(p.numel() for p in params)
         n_part = f" (n={n})" if regime == "last_n" else ""
-        print(f"[ceod] finetune {regime}{n_part}: {trainable:,} / {total:,} parameters trainable{detail}")
+        info(f"finetune {regime}{n_part}: {trainable:,} / {total:,} parameters trainable{detail}")
     return model
 
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ceod.errors import ConfigError
+from ceod.log import info
 
 _PREFIXES = ("module.", "model.", "backbone.")  # DDP, Lightning checkpoint, TimmClassifier.state_dict()
 
@@ -186,7 +187,7 @@ class TimmClassifier(nn.Module):
         self.pretrained_normalization = (_adapt_normalization(data_cfg["mean"], self.in_chans),
                                          _adapt_normalization(data_cfg["std"], self.in_chans))
         self.weights_source = str(path)
-        print(f"[ceod] {self.name}: pretrained weights from {path}")
+        info(f"{self.name}: pretrained weights from {path}")
 
     def load_state(self, state: Mapping[str, Tensor], source: str = "state dict") -> None:
         """Load a backbone state dict: a mismatching classifier is dropped, the first conv adapted to
