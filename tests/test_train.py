@@ -121,3 +121,13 @@ def test_generator_list_values_and_requeue_resume(make_cfg, tmp_path, capsys):
     assert f"resuming from {last}" in capsys.readouterr().out
     assert torch.load(last, weights_only=False)["global_step"] == 2 * steps  # one more epoch, not two
     assert "best/val/auroc" in again
+
+
+def test_loss_configs_instantiate(make_cfg):
+    for name, expect in (("ce", dict(omega=0.0)), ("ceod", dict(omega=0.001, variant="log", filter_normalize="none")),
+                         ("ceod_linear", dict(variant="linear")),
+                         ("ceod_normalized", dict(omega=0.1, tau=0.0, filter_normalize="sum"))):
+        loss = instantiate(make_cfg(f"loss={name}").loss)
+        for key, value in expect.items():
+            got = loss.omega if key == "omega" else loss.options[key]
+            assert got == value, (name, key, got)
