@@ -11,6 +11,8 @@ brightest channel counts).
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,37 +105,37 @@ def index_masks(base: Path) -> dict[Path, Path]:
     return index
 
 
-def image_size_of(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header only (cheap; no decode)."""
+@contextmanager
+def open_image(path: Path) -> Iterator[Image.Image]:
+    """``PIL.Image.open`` whose failures become one-line DataErrors naming the file."""
     try:
         with Image.open(path) as im:
-            return im.size
+            yield im
     except FileNotFoundError:
         raise DataError(f"image not found: {path}") from None
     except UnidentifiedImageError:
         raise DataError(f"cannot read image {path}: not a readable image file (corrupt?)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"cannot read image {path}: {e} (corrupt?)") from None
+
+
+def image_size_of(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header only (cheap; no decode)."""
+    with open_image(path) as im:
+        return im.size
 
 
 def read_array(path: Path) -> np.ndarray:
     """The decoded pixels as H×W or H×W×3 (uint8, uint16, int32, float32 or bool); alpha dropped."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if mode in ("1", "L", "I", "F", "RGB") or mode.startswith("I;16"):
-                arr = np.asarray(im)
-            elif mode in ("LA", "La"):
-                arr = np.asarray(im.convert("L"))
-            else:  # P, PA, RGBA, RGBa, CMYK, YCbCr, LAB, HSV, …
-                arr = np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise DataError(f"image not found: {path}") from None
-    except UnidentifiedImageError:
-        raise DataError(f"cannot read image {path}: not a readable image file (corrupt?)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"cannot read image {path}: {e} (corrupt?)") from None
+    with open_image(path) as im:
+        im.load()
+        mode = im.mode
+        if mode in ("1", "L", "I", "F", "RGB") or mode.startswith("I;16"):
+            arr = np.asarray(im)
+        elif mode in ("LA", "La"):
+            arr = np.asarray(im.convert("L"))
+        else:  # P, PA, RGBA, RGBa, CMYK, YCbCr, LAB, HSV, …
+            arr = np.asarray(im.convert("RGB"))
     if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:
         arr = arr.astype(np.uint16)  # big-endian 16-bit → native
     return arr
