@@ -136,31 +136,25 @@ def ceod_loss(
     if heat.shape != aoi_mask.shape:
         raise ValueError(f"heat {tuple(heat.shape)} and AOI mask {tuple(aoi_mask.shape)} differ in shape")
     with torch.autocast(device_type=heat.device.type, enabled=False):  # AMP: the loss stays fp32/fp64
-        return _ceod_loss(logits, target, heat, aoi_mask, omega, variant, eps, tau, threshold, temperature,
-                          kernel_size, kernel_value, filter_normalize, y_weighting, defect_class)
-
-
-def _ceod_loss(logits, target, heat, aoi_mask, omega, variant, eps, tau, threshold, temperature,
-               kernel_size, kernel_value, filter_normalize, y_weighting, defect_class) -> CEODOutput:
-    # half-precision inputs (AMP) are promoted: the loss is computed in fp32 or fp64
-    dtype = torch.float64 if torch.float64 in (heat.dtype, logits.dtype) else torch.float32
-    ce_i = F.cross_entropy(logits.to(dtype), target, reduction="none")
-    a_gt = filter_mask(aoi_mask.to(dtype), kernel_size, kernel_value, filter_normalize)
-    a_d = hottest_pixels(heat.to(dtype), tau, threshold, temperature)
-    overlap, valid = overlap_coefficient(a_d, a_gt)
-    od_i = overlap_distance(overlap, variant, eps)
-    weight = (target == defect_class) if y_weighting else torch.ones_like(valid)
-    contributes = valid & weight
-    od_i = torch.where(contributes, od_i, torch.zeros_like(od_i))
-    n = logits.shape[0]
-    ce = ce_i.mean()
-    total = ce + omega * od_i.sum() / n
-    od = od_i.sum() / contributes.sum().clamp(min=1)
-    # share of contributing images whose overlap lies inside (ε, 1−ε): the others get no OD gradient
-    # (with the papers' unnormalised filter the overlap saturates at 1 early)
-    live = contributes & (overlap > eps) & (overlap < 1 - eps) if variant == "log" else contributes & (overlap < 1)
-    active = live.sum() / contributes.sum().clamp(min=1)
-    return CEODOutput(total=total, ce=ce, od=od, overlap=overlap, contributes=contributes, active=active)
+        # half-precision inputs (AMP) are promoted: the loss is computed in fp32 or fp64
+        dtype = torch.float64 if torch.float64 in (heat.dtype, logits.dtype) else torch.float32
+        ce_i = F.cross_entropy(logits.to(dtype), target, reduction="none")
+        a_gt = filter_mask(aoi_mask.to(dtype), kernel_size, kernel_value, filter_normalize)
+        a_d = hottest_pixels(heat.to(dtype), tau, threshold, temperature)
+        overlap, valid = overlap_coefficient(a_d, a_gt)
+        od_i = overlap_distance(overlap, variant, eps)
+        weight = (target == defect_class) if y_weighting else torch.ones_like(valid)
+        contributes = valid & weight
+        od_i = torch.where(contributes, od_i, torch.zeros_like(od_i))
+        n = logits.shape[0]
+        ce = ce_i.mean()
+        total = ce + omega * od_i.sum() / n
+        od = od_i.sum() / contributes.sum().clamp(min=1)
+        # share of contributing images whose overlap lies inside (ε, 1−ε): the others get no OD gradient
+        # (with the papers' unnormalised filter the overlap saturates at 1 early)
+        live = contributes & (overlap > eps) & (overlap < 1 - eps) if variant == "log" else contributes & (overlap < 1)
+        active = live.sum() / contributes.sum().clamp(min=1)
+        return CEODOutput(total=total, ce=ce, od=od, overlap=overlap, contributes=contributes, active=active)
 
 
 class CEODLoss(nn.Module):
