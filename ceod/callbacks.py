@@ -1,0 +1,243 @@
+"""Lightning callbacks: heat-map figures for every logger, and the inference record in checkpoints.
+
+* :class:`HeatMapFigures` — a fixed set of validation images (half defective) is scored at the end of
+  every validation; the grids of the best epoch (by the checkpoint monitor) and of the last epoch are
+  drawn when training ends (and every ``every_n_epochs`` epochs if set). At test: confusion matrix,
+  ROC curve and the most confident mistakes. PNGs go to ``<run dir>/figures/`` and to every logger that
+  takes images (TensorBoard ``add_image``, W&B ``log_image``; CSV has none). Global rank 0 only.
+* :class:`InferenceRecord` — writes ``checkpoint["ceod_inference"]`` (model config, preprocessing,
+  CAM score, defect class) so :mod:`ceod.predict` and :mod:`ceod.export` need nothing else.
+"""
+
+from __future__ import annotations
+
+import heapq
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from ceod import figures
+from ceod.cam import grad_cam
+from ceod.log import info
+
+
+def plain(value: Any) -> Any:
+    """OmegaConf nodes → plain dicts/lists (what ``torch.load(weights_only=True)`` accepts)."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def defect_heat(pl_module: L.LightningModule, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P(defect) B, Grad-CAM heat of the defect class B×H×W) for B×C×H×W images, detached on the CPU."""
+    model = pl_module.model
+    head_weight = getattr(model, "cam_head_weight", None)
+    cls = int(getattr(pl_module, "defect_class", 1))
+    score = getattr(getattr(pl_module, "loss", None), "cam_score", "logit")
+    with torch.set_grad_enabled(head_weight is None):
+        logits, feats = model(images)
+        heat = grad_cam(feats, logits, cls, head_weight, create_graph=False, size=tuple(images.shape[-2:]),
+                        score=score)
+    prob = logits.detach().float().softmax(dim=1)[:, cls]
+    return prob.cpu(), heat.detach().float().cpu()
+
+
+class HeatMapFigures(Callback):
+    """Figures of what the model looks at; see the module docstring. ``every_n_epochs=None``: best + last only."""
+
+    def __init__(self, every_n_epochs: int | None = None, n_images: int = 8, n_mistakes: int = 8, ncols: int = 4,
+                 dirname: str = "figures", dpi: int = 100) -> None:
+        if every_n_epochs is not None and every_n_epochs < 1:
+            from ceod.errors import ConfigError
+
+            raise ConfigError(f"callbacks.figures.every_n_epochs must be ≥ 1 or null, got {every_n_epochs}")
+        self.every_n_epochs, self.n_images, self.n_mistakes = every_n_epochs, n_images, n_mistakes
+        self.ncols, self.dirname, self.dpi = ncols, dirname, dpi
+        self._fixed: dict[str, torch.Tensor] | None = None
+        self._best_value: float | None = None
+        self._best: tuple[int, dict] | None = None
+        self._last: tuple[int, dict] | None = None
+        self._test: dict[str, list] = {}
+        self.written: list[Path] = []
+
+    # ------------------------------------------------------------------ helpers
+    def _dir(self, trainer: L.Trainer) -> Path:
+        return Path(trainer.default_root_dir) / self.dirname
+
+    def _fixed_batch(self, trainer: L.Trainer) -> dict[str, torch.Tensor] | None:
+        """The first n/2 good and n/2 defective validation images (fixed for the whole run)."""
+        if self._fixed is None:
+            loader = trainer.val_dataloaders
+            dataset = getattr(loader, "dataset", None)
+            if dataset is None:
+                return None
+            want, picked = {0: self.n_images // 2, 1: self.n_images - self.n_images // 2}, []
+            for i in range(len(dataset)):
+                item = dataset[i]
+                y = int(item["label"])
+                if want.get(y, 0) > 0:
+                    want[y] -= 1
+                    picked.append(item)
+                if not any(want.values()):
+                    break
+            if not picked:
+                return None
+            self._fixed = {k: torch.stack([torch.as_tensor(p[k]) for p in picked]) for k in ("image", "mask", "label")}
+        return self._fixed
+
+    def _snapshot(self, pl_module: L.LightningModule, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        prob, heat = defect_heat(pl_module, batch["image"].to(pl_module.device))
+        return {"image": batch["image"].float().numpy(), "mask": batch["mask"].float().numpy(),
+                "label": batch["label"].numpy(), "prob": prob.numpy(), "heat": heat.numpy()}
+
+    def _grid(self, pl_module: L.LightningModule, snap: dict[str, np.ndarray], title: str):
+        return figures.heat_grid(snap["image"], snap["heat"], snap["mask"], snap["label"], snap["prob"],
+                                 threshold=_threshold(pl_module), tau=_tau(pl_module), ncols=self.ncols, title=title)
+
+    def publish(self, trainer: L.Trainer, name: str, fig, step: int) -> Path:
+        """PNG to ``<run dir>/figures/<name>.png``, then to every logger that takes images."""
+        path = figures.save_figure(fig, self._dir(trainer) / f"{name}.png", dpi=self.dpi)
+        self.written.append(path)
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):  # W&B (and others with the same method)
+                logger.log_image(key=f"figures/{name}", images=[str(path)])
+            elif hasattr(getattr(logger, "experiment", None), "add_image"):  # TensorBoard
+                from PIL import Image
+
+                with Image.open(path) as im:
+                    array = np.asarray(im.convert("RGB"))
+                logger.experiment.add_image(f"figures/{name}", array, global_step=step, dataformats="HWC")
+        return path
+
+    # ------------------------------------------------------------------ validation
+    def _improved(self, trainer: L.Trainer) -> bool:
+        cb = trainer.checkpoint_callback
+        monitor = getattr(cb, "monitor", None)
+        value = trainer.callback_metrics.get(monitor) if monitor else None
+        if value is None:
+            return False
+        value = float(value)
+        better = self._best_value is None or (value < self._best_value if cb.mode == "min" else value > self._best_value)
+        if better:
+            self._best_value = value
+        return better
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != TrainerFn.FITTING:
+            return
+        batch = self._fixed_batch(trainer)
+        if batch is None:
+            return
+        epoch = trainer.current_epoch
+        snap = self._snapshot(pl_module, batch)
+        if self._improved(trainer):
+            self._best = (epoch, snap)
+        self._last = (epoch, snap)
+        if self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0:
+            fig = self._grid(pl_module, snap, f"validation, epoch {epoch}")
+            self.publish(trainer, f"val_heatmaps_epoch{epoch:03d}", fig, trainer.global_step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        for kind, entry in (("best", self._best), ("last", self._last)):
+            if entry is not None:
+                epoch, snap = entry
+                fig = self._grid(pl_module, snap, f"validation, {kind} epoch ({epoch})")
+                self.publish(trainer, f"val_heatmaps_{kind}", fig, trainer.global_step)
+
+    # ------------------------------------------------------------------ test
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._test = {"label": [], "prob": [], "mistakes": []}
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not trainer.is_global_zero:
+            return
+        with torch.no_grad():
+            logits = pl_module.model(batch["image"])[0]
+        prob = logits.float().softmax(dim=1)[:, int(getattr(pl_module, "defect_class", 1))].cpu()
+        label = batch["label"].cpu()
+        self._test["label"] += label.tolist()
+        self._test["prob"] += prob.tolist()
+        thr, heap = _threshold(pl_module), self._test["mistakes"]
+        for i, (p, y) in enumerate(zip(prob.tolist(), label.tolist())):
+            if (p >= thr) != bool(y):
+                confidence = p if p >= thr else 1 - p
+                key = (confidence, batch_idx, i)
+                item = (key, batch["image"][i].cpu(), batch["mask"][i].cpu(), label[i])
+                if len(heap) < self.n_mistakes:
+                    heapq.heappush(heap, item)
+                elif key > heap[0][0]:
+                    heapq.heapreplace(heap, item)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or not self._test.get("label"):
+            return
+        labels, probs, thr, step = self._test["label"], self._test["prob"], _threshold(pl_module), trainer.global_step
+        self.publish(trainer, "test_confusion", figures.confusion_figure(labels, probs, thr,
+                                                                         f"test, threshold {thr:.2f}"), step)
+        roc = figures.roc_figure(labels, probs, "test ROC")
+        if roc is not None:
+            self.publish(trainer, "test_roc", roc, step)
+        mistakes = sorted(self._test["mistakes"], key=lambda m: m[0], reverse=True)
+        if not mistakes:
+            info("figures: no test mistakes to show")
+            return
+        batch = {"image": torch.stack([m[1] for m in mistakes]), "mask": torch.stack([m[2] for m in mistakes]),
+                 "label": torch.stack([m[3] for m in mistakes])}
+        fig = self._grid(pl_module, self._snapshot(pl_module, batch), "test: most confident mistakes")
+        self.publish(trainer, "test_mistakes", fig, step)
+
+
+def _threshold(pl_module: L.LightningModule) -> float:
+    return float(getattr(pl_module, "threshold", 0.5))
+
+
+def _tau(pl_module: L.LightningModule) -> float:
+    """The loss's hottest-pixel fraction τ (drawn as a contour), 0.5 when the loss has none."""
+    loss = getattr(pl_module, "loss", None)
+    options = getattr(loss, "options", None)
+    if isinstance(options, dict):
+        return float(options.get("tau", 0.5))
+    return float(getattr(options, "tau", getattr(loss, "tau", 0.5)))
+
+
+class InferenceRecord(Callback):
+    """Writes ``checkpoint["ceod_inference"]``: {"model": Hydra config with _target_, "preprocess":
+    {"image_size", "channels", "mean", "std"}, "cam_score", "defect_class"}, plain Python values only.
+
+    The configured preprocessing is replaced by the DataModule's actual one when it has the same
+    attributes (e.g. pretrained mean/std filled in at run time).
+    """
+
+    def __init__(self, model: Any, image_size: Any, channels: int, mean: Any = None, std: Any = None,
+                 cam_score: str = "logit", defect_class: int = 1) -> None:
+        self.model = plain(model)
+        self.preprocess = {"image_size": plain(image_size), "channels": int(channels), "mean": plain(mean),
+                           "std": plain(std)}
+        self.cam_score, self.defect_class = cam_score, int(defect_class)
+
+    def record(self, trainer: L.Trainer | None = None, pl_module: L.LightningModule | None = None) -> dict:
+        pre = dict(self.preprocess)
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        for key in ("image_size", "channels", "mean", "std"):
+            if dm is not None and hasattr(dm, key):
+                pre[key] = plain(getattr(dm, key))
+        if isinstance(pre["image_size"], int):
+            pre["image_size"] = [pre["image_size"], pre["image_size"]]
+        for key in ("mean", "std"):
+            pre[key] = [float(v) for v in pre[key]] if pre[key] is not None else None
+        cam_score = getattr(getattr(pl_module, "loss", None), "cam_score", self.cam_score)
+        defect_class = int(getattr(pl_module, "defect_class", self.defect_class))
+        return {"model": self.model, "preprocess": pre, "cam_score": cam_score, "defect_class": defect_class}
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint["ceod_inference"] = self.record(trainer, pl_module)

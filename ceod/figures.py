@@ -1,0 +1,130 @@
+"""Pictures of results, pure matplotlib/PIL/numpy (no Lightning): heat-map overlays and grids, the
+confusion matrix, the ROC curve; atomic PNG writing.
+
+Shapes: ``image`` C×H×W (any normalisation; shown min-max scaled), ``heat`` H×W (≥ 0),
+``mask`` H×W (0/1). Figures are built with :class:`matplotlib.figure.Figure` (the Agg canvas; no
+pyplot, no global backend state).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+CLASS_NAMES = ("good", "defect")
+_JET = (colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)  # 256×3 lookup table
+
+
+def display_image(image: np.ndarray) -> np.ndarray:
+    """C×H×W (any range) → H×W×3 float in [0, 1], min-max scaled per image (grey repeated)."""
+    x = np.asarray(image, dtype=np.float32)
+    x = x[:1] if x.shape[0] not in (1, 3) else x
+    lo, hi = float(x.min()), float(x.max())
+    x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    x = np.repeat(x, 3, axis=0) if x.shape[0] == 1 else x
+    return x.transpose(1, 2, 0)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """H×W×3 uint8: the image with the heat map (scaled to its own max, jet colours) blended on top."""
+    base = display_image(image)
+    h = np.asarray(heat, dtype=np.float32)
+    top = float(h.max()) if h.size else 0.0
+    rel = h / top if top > 0 else np.zeros_like(h)
+    colour = _JET[np.clip((rel * 255).round(), 0, 255).astype(np.uint8)].astype(np.float32) / 255
+    weight = alpha * rel[..., None]  # cold pixels show the image, hot ones the colour
+    return ((1 - weight) * base * 255 + weight * colour * 255).round().clip(0, 255).astype(np.uint8)
+
+
+def heat_grid(images: np.ndarray, heats: np.ndarray, masks: np.ndarray | None, labels: Sequence[int],
+              probs: Sequence[float], threshold: float = 0.5, tau: float = 0.5, ncols: int = 4,
+              title: str = "") -> Figure:
+    """N panels: Grad-CAM overlay of the defect class, AOI contour (green), hottest pixels (heat ≥ τ·max,
+    white dashes), true label and P(defect) (red when the prediction at ``threshold`` is wrong).
+
+    images N×C×H×W, heats N×H×W, masks N×H×W or None.
+    """
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, -(-n // ncols))
+    fig = Figure(figsize=(2.4 * ncols, 2.6 * nrows + (0.3 if title else 0)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for i, ax in enumerate(axes):
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        ax.imshow(overlay(images[i], heats[i]), interpolation="nearest")
+        if masks is not None and masks[i].any() and not masks[i].all():
+            ax.contour(masks[i], levels=[0.5], colors="lime", linewidths=1.0)
+        top = float(heats[i].max())
+        if top > 0 and tau > 0:
+            ax.contour(heats[i] / top, levels=[tau], colors="white", linewidths=0.8, linestyles="dashed")
+        wrong = (probs[i] >= threshold) != bool(labels[i])
+        ax.set_title(f"{CLASS_NAMES[int(labels[i])]}  p={probs[i]:.2f}", fontsize=9,
+                     color="red" if wrong else "black")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def confusion_figure(labels: Sequence[int], probs: Sequence[float], threshold: float = 0.5, title: str = "") -> Figure:
+    """The confusion matrix at ``threshold`` (scikit-learn's display)."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig = Figure(figsize=(3.6, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    pred = (np.asarray(probs) >= threshold).astype(int)
+    ConfusionMatrixDisplay.from_predictions(np.asarray(labels, dtype=int), pred, labels=[0, 1],
+                                            display_labels=list(CLASS_NAMES), ax=ax, colorbar=False)
+    ax.set_title(title or f"threshold {threshold:.2f}", fontsize=10)
+    return fig
+
+
+def roc_figure(labels: Sequence[int], probs: Sequence[float], title: str = "") -> Figure | None:
+    """The ROC curve with its AUC (scikit-learn's display); None when only one class is present."""
+    from sklearn.metrics import RocCurveDisplay
+
+    y = np.asarray(labels, dtype=int)
+    if len(set(y.tolist())) < 2:
+        return None
+    fig = Figure(figsize=(3.6, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    RocCurveDisplay.from_predictions(y, np.asarray(probs, dtype=float), ax=ax, name="defect")
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def atomic_write(path: Path, write) -> Path:
+    """Call ``write(tmp_path)`` then rename to ``path`` (same folder): readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 100) -> Path:
+    """Write ``fig`` as a PNG atomically."""
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+
+
+def save_png(array: np.ndarray, path: Path) -> Path:
+    """Write an H×W×3 uint8 array as a PNG atomically (PIL; fast, for one overlay per image)."""
+    from PIL import Image
+
+    img = Image.fromarray(array)
+    return atomic_write(path, lambda tmp: img.save(tmp, format="PNG", compress_level=1))
