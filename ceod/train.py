@@ -120,7 +120,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError("train=false tests a trained model: set ckpt_path=/path/to/checkpoint.ckpt")
 
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]  # group.key=null: off
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     try:
         if trainer.is_global_zero:
