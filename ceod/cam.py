@@ -88,11 +88,18 @@ def analytic_cam_weights(head_weight: Tensor, features: Tensor, target: int | Te
     return head_weight[idx] / (h * w)
 
 
-def cam_from_weights(alpha: Tensor, features: Tensor) -> Tensor:
-    """heat (B×h×w) = ReLU(Σ_k α_k A_k), in fp32 or fp64 (half-precision features are promoted)."""
+HEAT_SIGNS = ("relu", "abs")
+
+
+def cam_from_weights(alpha: Tensor, features: Tensor, sign: str = "relu") -> Tensor:
+    """heat (B×h×w) = ReLU(Σ_k α_k A_k) (``relu``, Grad-CAM) or |Σ_k α_k A_k| (``abs``: evidence against
+    the class counts too), in fp32 or fp64 (half-precision features are promoted)."""
+    if sign not in HEAT_SIGNS:
+        raise ValueError(f"heat sign must be one of {HEAT_SIGNS}, got {sign!r}")
     dtype = torch.float64 if torch.float64 in (alpha.dtype, features.dtype) else torch.float32
     with torch.autocast(device_type=features.device.type, enabled=False):
-        return F.relu(torch.einsum("bk,bkhw->bhw", alpha.to(dtype), features.to(dtype)))
+        signed = torch.einsum("bk,bkhw->bhw", alpha.to(dtype), features.to(dtype))
+        return F.relu(signed) if sign == "relu" else signed.abs()
 
 
 def grad_cam(
@@ -103,13 +110,15 @@ def grad_cam(
     create_graph: bool = True,
     size: tuple[int, int] | None = None,
     score: str = "logit",
+    sign: str = "relu",
 ) -> Tensor:
     """Grad-CAM heat of class ``target``: B×h×w, or B×H×W when ``size`` is given.
 
     Uses the analytic path when ``head_weight`` (the C×K weight of a GAP → linear head)
     is given, the autograd path otherwise (then ``logits`` is required). ``size`` upsamples
     bilinearly (align_corners=False) to the image size. ``score``: ``logit`` (the papers' Grad-CAM of
-    the class logit) or ``margin`` (of logit_c minus the other logits' mean).
+    the class logit) or ``margin`` (of logit_c minus the other logits' mean); ``sign``: ``relu`` (Grad-CAM)
+    or ``abs`` (the magnitude of the signed map: negative evidence is not hidden).
     """
     if head_weight is not None:
         alpha = analytic_cam_weights(head_weight, features, target, score)
@@ -117,7 +126,7 @@ def grad_cam(
         if logits is None:
             raise ValueError("grad_cam needs logits when no head weight is given")
         alpha = grad_cam_weights(logits, features, target, create_graph=create_graph, score=score)
-    heat = cam_from_weights(alpha, features)
+    heat = cam_from_weights(alpha, features, sign)
     if size is not None:
         heat = upsample(heat, size)
     return heat

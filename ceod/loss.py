@@ -16,25 +16,26 @@ the heat, overlap = Σ A_d·A_gt* / min(Σ A_d, Σ A_gt*), and
     CEOD      = (1/N) Σ_i [CE_i + ω · y_i · OD_i]
 
 An overlap that is undefined (empty AOI, all-zero heat) contributes OD = 0 and no gradient:
-the loss is finite for every input.
+the loss is finite for every input. All options live in one frozen :class:`CEODOptions`, validated once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ceod.cam import grad_cam, upsample
+from ceod.cam import HEAT_SIGNS, grad_cam, upsample
 from ceod.errors import ConfigError
 
 FILTER_NORMALIZE = ("none", "clip", "sum")
 THRESHOLD_MODES = ("hard", "soft")
 OD_VARIANTS = ("log", "linear")
+CAM_SCORES = ("logit", "margin")
+RESOLUTIONS = ("image", "cam")
 
 
 def filter_mask(mask: Tensor, kernel_size: int = 3, value: float = 0.5, normalize: str = "none") -> Tensor:
@@ -99,145 +100,200 @@ def overlap_distance(overlap: Tensor, variant: str = "log", eps: float = 1e-7) -
     raise ValueError(f"OD variant must be one of {OD_VARIANTS}, got {variant!r}")
 
 
+@dataclass(frozen=True)
+class CEODOptions:
+    """Every option of the CEOD loss, validated once (a bad value is a one-line ``loss.<key>`` error).
+
+    Papers: ω = 0.001, τ = 0.5, filter 3×3 of 0.5 as is, CAM of the class logit, ReLU heat. Beyond the
+    papers: ``filter_normalize`` (the literal filter saturates the clipped overlap), ``cam_score=margin``
+    (the log-odds a softmax classifier uses), ``heat_sign=abs`` (evidence *against* the defect class
+    outside the AOI is penalised too — Grad-CAM's ReLU hides it), ``resolution=cam`` (overlap at the CAM's
+    own resolution, mask area-downsampled), ``omega_warmup_steps`` (ω ramps linearly from 0).
+    """
+
+    omega: float = 1e-3
+    variant: str = "log"  # log | linear
+    eps: float = 1e-7
+    tau: float = 0.5
+    threshold: str = "hard"  # hard | soft
+    temperature: float = 0.05
+    kernel_size: int = 3
+    kernel_value: float = 0.5
+    filter_normalize: str = "none"  # none | clip | sum
+    y_weighting: bool = True
+    defect_class: int = 1
+    cam_score: str = "logit"  # logit | margin
+    heat_sign: str = "relu"  # relu | abs
+    resolution: str = "image"  # image | cam
+    omega_warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        for key, allowed in (("variant", OD_VARIANTS), ("threshold", THRESHOLD_MODES), ("cam_score", CAM_SCORES),
+                             ("filter_normalize", FILTER_NORMALIZE), ("heat_sign", HEAT_SIGNS),
+                             ("resolution", RESOLUTIONS)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"loss.{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        checks = (
+            ("omega", self.omega >= 0, "≥ 0"), ("eps", 0.0 < self.eps < 0.5, "in (0, 0.5)"),
+            ("tau", 0.0 <= self.tau < 1.0, "in [0, 1)"), ("temperature", self.temperature > 0, "> 0"),
+            ("kernel_size", self.kernel_size >= 1 and self.kernel_size % 2 == 1, "a positive odd number"),
+            ("kernel_value", self.kernel_value > 0, "> 0"), ("defect_class", self.defect_class in (0, 1), "0 or 1"),
+            ("omega_warmup_steps", self.omega_warmup_steps >= 0, "≥ 0"),
+        )
+        for key, ok, what in checks:
+            if not ok:
+                raise ConfigError(f"loss.{key} must be {what}, got {getattr(self, key)}")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "CEODOptions":
+        """Options from keyword arguments; an unknown or mistyped one is a ConfigError naming ``loss.<key>``."""
+        known = {f.name: f.type for f in fields(cls)}
+        for key, value in kwargs.items():
+            if key not in known:
+                raise ConfigError(f"loss.{key} is not an option of this loss; options: {', '.join(known)}")
+            want = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,)}[known[key]]
+            if not isinstance(value, want) or (isinstance(value, bool) and known[key] != "bool"):
+                raise ConfigError(f"loss.{key} must be a {known[key]}, got {value!r}")
+        return cls(**kwargs)
+
+    def omega_at(self, step: int | None) -> float:
+        """ω at a training step (linear warm-up over ``omega_warmup_steps``; the full ω when step is None)."""
+        if step is None or self.omega_warmup_steps == 0:
+            return self.omega
+        return self.omega * min(1.0, (step + 1) / self.omega_warmup_steps)
+
+
 @dataclass
 class CEODOutput:
-    """``total`` is what to back-propagate; the rest are detached-friendly parts for logging."""
+    """``total`` is what to back-propagate; the rest are parts for logging."""
 
     total: Tensor  # scalar: mean CE + ω · Σ y·OD / N
     ce: Tensor  # scalar: mean cross-entropy
-    od: Tensor  # scalar: mean OD over the images that contribute (0 when none do)
+    od: Tensor  # scalar: mean OD (or baseline penalty) over the images that contribute (0 when none do)
     overlap: Tensor  # B: per-image overlap coefficient (0 where undefined)
     contributes: Tensor  # B bool: images whose OD enters the loss
     active: Tensor  # scalar: share of contributing images whose OD has a gradient (not clipped)
 
 
-def ceod_loss(
-    logits: Tensor,
-    target: Tensor,
-    heat: Tensor,
-    aoi_mask: Tensor,
-    omega: float = 1e-3,
-    variant: str = "log",
-    eps: float = 1e-7,
-    tau: float = 0.5,
-    threshold: str = "hard",
-    temperature: float = 0.05,
-    kernel_size: int = 3,
-    kernel_value: float = 0.5,
-    filter_normalize: str = "none",
-    y_weighting: bool = True,
-    defect_class: int = 1,
-) -> CEODOutput:
-    """CEOD = mean_i(CE_i + ω·y_i·OD_i) for logits B×C, target B, heat and aoi_mask B×H×W.
+def area_downsample(mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """B×H×W mask → B×h×w share of each CAM cell covered by the mask (adaptive average pooling)."""
+    if tuple(mask.shape[-2:]) == tuple(size):
+        return mask
+    return F.adaptive_avg_pool2d(mask[:, None], tuple(size))[:, 0]
 
-    ``heat`` is the Grad-CAM of the defect class at image size; ``y_weighting=False`` lets every
-    image contribute its OD (the workshop variant).
+
+def ceod_loss(logits: Tensor, target: Tensor, heat: Tensor, aoi_mask: Tensor, options: CEODOptions | None = None,
+              step: int | None = None, **kwargs) -> CEODOutput:
+    """CEOD = mean_i(CE_i + ω·y_i·OD_i) for logits B×C, target B, heat and aoi_mask B×h×w (same size).
+
+    ``heat`` is the defect-class heat (see :meth:`AttributionLoss.heat`); options come from ``options`` or
+    keyword arguments (``ceod_loss(..., omega=0.1, tau=0)``). ``y_weighting=False`` lets every image
+    contribute its OD (the workshop variant). ``step`` drives the ω warm-up.
     """
+    o = options if options is not None else CEODOptions.from_kwargs(**kwargs)
     if heat.shape != aoi_mask.shape:
         raise ValueError(f"heat {tuple(heat.shape)} and AOI mask {tuple(aoi_mask.shape)} differ in shape")
     with torch.autocast(device_type=heat.device.type, enabled=False):  # AMP: the loss stays fp32/fp64
         # half-precision inputs (AMP) are promoted: the loss is computed in fp32 or fp64
         dtype = torch.float64 if torch.float64 in (heat.dtype, logits.dtype) else torch.float32
         ce_i = F.cross_entropy(logits.to(dtype), target, reduction="none")
-        a_gt = filter_mask(aoi_mask.to(dtype), kernel_size, kernel_value, filter_normalize)
-        a_d = hottest_pixels(heat.to(dtype), tau, threshold, temperature)
+        a_gt = filter_mask(aoi_mask.to(dtype), o.kernel_size, o.kernel_value, o.filter_normalize)
+        a_d = hottest_pixels(heat.to(dtype), o.tau, o.threshold, o.temperature)
         overlap, valid = overlap_coefficient(a_d, a_gt)
-        od_i = overlap_distance(overlap, variant, eps)
-        weight = (target == defect_class) if y_weighting else torch.ones_like(valid)
+        od_i = overlap_distance(overlap, o.variant, o.eps)
+        weight = (target == o.defect_class) if o.y_weighting else torch.ones_like(valid)
         contributes = valid & weight
         od_i = torch.where(contributes, od_i, torch.zeros_like(od_i))
         n = logits.shape[0]
         ce = ce_i.mean()
-        total = ce + omega * od_i.sum() / n
+        total = ce + o.omega_at(step) * od_i.sum() / n
         od = od_i.sum() / contributes.sum().clamp(min=1)
         # share of contributing images whose overlap lies inside (ε, 1−ε): the others get no OD gradient
         # (with the papers' unnormalised filter the overlap saturates at 1 early)
-        live = contributes & (overlap > eps) & (overlap < 1 - eps) if variant == "log" else contributes & (overlap < 1)
+        if o.variant == "log":
+            live = contributes & (overlap > o.eps) & (overlap < 1 - o.eps)
+        else:
+            live = contributes & (overlap < 1)
         active = live.sum() / contributes.sum().clamp(min=1)
         return CEODOutput(total=total, ce=ce, od=od, overlap=overlap, contributes=contributes, active=active)
 
 
-class CEODLoss(nn.Module):
-    """CE + ω·y·OD with the Grad-CAM computed inside (second order when it needs autograd).
+class AttributionLoss(nn.Module):
+    """The (images, logits, features, label, AOI mask) contract shared by CEOD and the baselines.
 
-    ``omega = 0`` is plain cross-entropy: the OD is still computed, without a graph, for logging.
+    ``prepare_inputs`` may change the training images before the forward pass (background
+    randomisation, or marking them for input gradients); ``heat`` is the one place the defect-class
+    heat map is computed (loss and metrics alike); ``forward`` returns a :class:`CEODOutput`.
     """
 
-    def __init__(
-        self,
-        omega: float = 1e-3,
-        variant: str = "log",
-        eps: float = 1e-7,
-        tau: float = 0.5,
-        threshold: str = "hard",
-        temperature: float = 0.05,
-        kernel_size: int = 3,
-        kernel_value: float = 0.5,
-        filter_normalize: str = "none",
-        y_weighting: bool = True,
-        defect_class: int = 1,
-        cam_score: str = "logit",
-    ) -> None:
+    needs_input_grad = False
+
+    def __init__(self, options: CEODOptions) -> None:
         super().__init__()
-        # Validate now so a bad config fails at start-up, not at the first step.
-        if variant not in OD_VARIANTS:
-            raise ConfigError(f"loss.variant must be one of {OD_VARIANTS}, got {variant!r}")
-        if threshold not in THRESHOLD_MODES:
-            raise ConfigError(f"loss.threshold must be one of {THRESHOLD_MODES}, got {threshold!r}")
-        if filter_normalize not in FILTER_NORMALIZE:
-            raise ConfigError(f"loss.filter_normalize must be one of {FILTER_NORMALIZE}, got {filter_normalize!r}")
-        if cam_score not in ("logit", "margin"):
-            raise ConfigError(f"loss.cam_score must be 'logit' or 'margin', got {cam_score!r}")
-        if temperature <= 0:
-            raise ConfigError(f"loss.temperature must be > 0, got {temperature}")
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ConfigError(f"loss.kernel_size must be a positive odd number, got {kernel_size}")
-        if kernel_value <= 0:
-            raise ConfigError(f"loss.kernel_value must be > 0, got {kernel_value}")
-        if defect_class not in (0, 1):
-            raise ConfigError(f"loss.defect_class must be 0 or 1 (two classes), got {defect_class}")
-        if omega < 0:
-            raise ConfigError(f"loss.omega must be ≥ 0, got {omega}")
-        if not 0.0 < eps < 0.5:
-            raise ConfigError(f"loss.eps must lie in (0, 0.5), got {eps}")
-        if not 0.0 <= tau < 1.0:
-            raise ConfigError(f"loss.tau must lie in [0, 1), got {tau}")
-        self.omega = float(omega)
-        self.defect_class = int(defect_class)
-        self.cam_score = cam_score
-        self.options = dict(
-            variant=variant, eps=eps, tau=tau, threshold=threshold, temperature=temperature,
-            kernel_size=kernel_size, kernel_value=kernel_value, filter_normalize=filter_normalize,
-            y_weighting=y_weighting, defect_class=defect_class,
-        )
+        self.opts = options
+
+    @property
+    def omega(self) -> float:
+        return self.opts.omega
+
+    @property
+    def defect_class(self) -> int:
+        return self.opts.defect_class
+
+    @property
+    def cam_score(self) -> str:
+        return self.opts.cam_score
 
     @property
     def uses_cam(self) -> bool:
-        """True when the OD term is part of the gradient (ω > 0)."""
-        return self.omega > 0
+        """True when the heat map is part of the gradient."""
+        return self.opts.omega > 0
 
-    def forward(
-        self,
-        logits: Tensor,
-        target: Tensor,
-        aoi_mask: Tensor,
-        features: Tensor | None = None,
-        heat: Tensor | None = None,
-        head_weight: Tensor | None = None,
-    ) -> CEODOutput:
-        """logits B×C, target B, aoi_mask B×H×W; give either ``features`` (B×K×h×w, the CAM layer's
-        activations, part of the graph of ``logits``) or a precomputed ``heat`` (B×H×W)."""
+    def prepare_inputs(self, images: Tensor, aoi_mask: Tensor, target: Tensor) -> Tensor:
+        """Training images B×C×H×W as the network should see them (unchanged here)."""
+        return images
+
+    def heat(self, logits: Tensor, features: Tensor, head_weight: Tensor | None, size: tuple[int, int] | None,
+             differentiable: bool) -> Tensor:
+        """Defect-class heat map B×h×w (``size`` None: the CAM's own resolution) or B×H×W; with
+        ``differentiable`` it stays in the graph (second order when the CAM needs autograd)."""
+        with torch.set_grad_enabled(differentiable or head_weight is None):
+            heat = grad_cam(features, logits, self.opts.defect_class, head_weight, create_graph=differentiable,
+                            size=size, score=self.opts.cam_score, sign=self.opts.heat_sign)
+        return heat if differentiable else heat.detach()
+
+    def penalty(self, logits: Tensor, target: Tensor, heat: Tensor, aoi_mask: Tensor, images: Tensor | None,
+                step: int | None) -> CEODOutput:
+        raise NotImplementedError
+
+    def forward(self, logits: Tensor, target: Tensor, aoi_mask: Tensor, features: Tensor | None = None,
+                heat: Tensor | None = None, head_weight: Tensor | None = None, images: Tensor | None = None,
+                step: int | None = None) -> CEODOutput:
+        """logits B×C, target B, aoi_mask B×H×W; ``features`` (B×K×h×w, part of the graph of ``logits``)
+        or a precomputed ``heat``; ``images`` the (prepared) inputs, for input-gradient losses."""
         if heat is None:
             if features is None:
-                raise ValueError("CEODLoss needs the CAM layer's features or a precomputed heat map")
-            differentiable = self.uses_cam and torch.is_grad_enabled()
-            with torch.set_grad_enabled(differentiable or head_weight is None):
-                heat = grad_cam(features, logits, self.defect_class, head_weight, create_graph=differentiable,
-                                score=self.cam_score)
-            if not differentiable:
-                heat = heat.detach()
-            heat = upsample(heat, tuple(aoi_mask.shape[-2:]))
-        return ceod_loss(logits, target, heat, aoi_mask, omega=self.omega, **self.options)
+                raise ValueError(f"{type(self).__name__} needs the CAM layer's features or a precomputed heat map")
+            at_cam = self.opts.resolution == "cam"
+            size = None if at_cam else tuple(aoi_mask.shape[-2:])
+            heat = self.heat(logits, features, head_weight, size, self.uses_cam and torch.is_grad_enabled())
+        if heat.shape != aoi_mask.shape:  # a CAM-resolution heat: compare with the area-downsampled mask
+            aoi_mask = area_downsample(aoi_mask.to(heat.dtype), tuple(heat.shape[-2:]))
+        return self.penalty(logits, target, heat, aoi_mask, images, step)
 
     def extra_repr(self) -> str:
-        return f"omega={self.omega}, cam_score={self.cam_score}, " + ", ".join(f"{k}={v}" for k, v in self.options.items())
+        return ", ".join(f"{k}={v}" for k, v in asdict(self.opts).items())
+
+
+class CEODLoss(AttributionLoss):
+    """CE + ω·y·OD with the Grad-CAM computed inside (second order when it needs autograd).
+
+    ``CEODLoss(omega=1e-3, tau=0.5, ...)`` — keyword options of :class:`CEODOptions`. ``omega = 0`` is
+    plain cross-entropy: the OD is still computed, without a graph, for logging.
+    """
+
+    def __init__(self, **options) -> None:
+        super().__init__(CEODOptions.from_kwargs(**options))
+
+    def penalty(self, logits, target, heat, aoi_mask, images, step) -> CEODOutput:
+        return ceod_loss(logits, target, heat, aoi_mask, self.opts, step=step)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.functional.classification import binary_roc
 
 
 class _DefectiveImageMean(Metric):
@@ -54,3 +55,17 @@ class PointingGame(_DefectiveImageMean):
         flat = heat.flatten(1)
         hit = mask.flatten(1).gather(1, flat.argmax(dim=1, keepdim=True))[:, 0]
         return hit * (flat.amax(dim=1) > 0).to(hit.dtype)
+
+
+def youden_threshold(prob: Tensor, target: Tensor) -> float:
+    """Decision threshold on P(defect) that maximises Youden's J = TPR − FPR on (prob B, target B ∈ {0,1}).
+
+    Returned half-way between the chosen score and the next lower one, so ``prob > t`` and ``prob ≥ t``
+    agree; 0.5 when either class is missing.
+    """
+    if prob.numel() == 0 or target.min() == target.max():
+        return 0.5
+    fpr, tpr, thr = binary_roc(prob.float(), target.long())
+    k = int(torch.argmax(tpr - fpr))
+    lower = thr[k + 1] if k + 1 < thr.numel() else torch.zeros(())
+    return float((thr[k].clamp(max=1.0) + lower) / 2)

@@ -6,38 +6,68 @@ training and for the AOI metrics in val/test — never for the prediction: ``for
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryConfusionMatrix, BinaryF1Score
+from torchmetrics.aggregation import CatMetric
+from torchmetrics.classification import BinaryAUROC
+from torchmetrics.functional.classification import binary_accuracy, binary_confusion_matrix, binary_f1_score
 
-from ceod.cam import grad_cam
-from ceod.errors import ConfigError
-from ceod.loss import CEODLoss
-from ceod.metrics import AOIEnergy, PointingGame
+from ceod.batchnorm import recompute_batchnorm_stats
+from ceod.errors import CeodError, ConfigError
+from ceod.loss import AttributionLoss
+from ceod.metrics import AOIEnergy, PointingGame, youden_threshold
+
+
+def _plain(config: Mapping) -> dict:
+    """A config as plain, resolved containers (what a checkpoint's hyper_parameters hold)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else dict(config)
 
 
 class CEODModule(L.LightningModule):
     """Trains ``model`` (forward → logits, features) with ``loss``; logs train/…, val/…, test/…."""
 
-    def __init__(self, model: nn.Module, loss: CEODLoss, optimizer: Callable[..., torch.optim.Optimizer],
-                 scheduler: Callable | None = None, defect_class: int = 1) -> None:
+    def __init__(self, model: nn.Module | Mapping, loss: AttributionLoss | Mapping,
+                 optimizer: Callable[..., torch.optim.Optimizer] | Mapping, finetune: Callable | Mapping | None = None,
+                 bn_recalibration: bool = True) -> None:
+        """Each part is an object or its Hydra config (``_target_``; the optimizer ``_partial_``, called
+        with ``params``; ``finetune`` ``_partial_``, called with the network). Configs are built here and
+        recorded by ``save_hyperparameters``, so a checkpoint names its network, regime, loss and
+        optimizer, and ``CEODModule.load_from_checkpoint(path)`` rebuilds it. ``finetune`` freezes the
+        network here, before the Trainer (and DDP) wraps it. The defect class is the loss's."""
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "loss", "optimizer", "scheduler"], logger=False)
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.model = model
+        parts = {"model": model, "loss": loss, "optimizer": optimizer, "finetune": finetune}
+        configs = {k: _plain(v) for k, v in parts.items() if isinstance(v, Mapping)}
+        self.save_hyperparameters({**configs, "bn_recalibration": bn_recalibration}, logger=False)
+        model, loss, self.optimizer_factory, finetune = (self._build(k, v) for k, v in parts.items())
+        self.model = finetune(model) if finetune is not None else model
         self.loss = loss
-        self.defect_class = defect_class
-        for stage in ("val", "test"):
-            setattr(self, f"{stage}_metrics", MetricCollection(
-                {"acc": BinaryAccuracy(), "auroc": BinaryAUROC(), "f1": BinaryF1Score(),
-                 "aoi_energy": AOIEnergy(defect_class), "pointing_game": PointingGame(defect_class)},
-                prefix=f"{stage}/"))
-            setattr(self, f"{stage}_confmat", BinaryConfusionMatrix())
-        self.confusion: dict[str, Tensor] = {}
+        self.defect_class = loss.defect_class
+        self.bn_recalibration = bn_recalibration
+        self._build_eval_metrics(self.defect_class)
+
+    @staticmethod
+    def _build(key: str, spec: Any) -> Any:
+        """``spec`` instantiated when it is a config, else as given; bad arguments: a ConfigError naming the target."""
+        if not isinstance(spec, Mapping):
+            return spec
+        from hydra.errors import InstantiationException
+        from hydra.utils import instantiate
+
+        try:
+            return instantiate(spec)
+        except InstantiationException as e:
+            cause = e.__cause__
+            if isinstance(cause, (TypeError, ValueError)) and not isinstance(cause, CeodError):
+                first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+                raise ConfigError(f"bad arguments for {spec.get('_target_')} ({key}): {first}") from None
+            raise
 
     def forward(self, x: Tensor) -> Tensor:
         """Inference: logits B×C. No mask, no CAM."""
@@ -47,14 +77,28 @@ class CEODModule(L.LightningModule):
     def _head_weight(self) -> Tensor | None:
         return getattr(self.model, "cam_head_weight", None)
 
+    def _build_eval_metrics(self, defect_class: int) -> None:
+        """Threshold-free metrics per stage, plus every score and label for the thresholded ones."""
+        for stage in ("val", "test"):
+            setattr(self, f"{stage}_metrics", MetricCollection(
+                {"auroc": BinaryAUROC(), "aoi_energy": AOIEnergy(defect_class),
+                 "pointing_game": PointingGame(defect_class)}, prefix=f"{stage}/"))
+            setattr(self, f"{stage}_scores", MetricCollection({"prob": CatMetric(), "target": CatMetric()}))
+        self.threshold = 0.5  # on P(defect); chosen on validation (Youden's J), saved in checkpoints
+        self.confusion: dict[str, Tensor] = {}
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        logits, feats = self.model(batch["image"])
-        out = self.loss(logits, batch["label"], batch["mask"], features=feats, head_weight=self._head_weight)
-        n = batch["label"].shape[0]
+        mask, y = batch["mask"], batch["label"]
+        x = self.loss.prepare_inputs(batch["image"], mask, y)
+        logits, feats = self.model(x)
+        out = self.loss(logits, y, mask, features=feats, head_weight=self._head_weight, images=x,
+                        step=self.global_step)
+        n, k = y.shape[0], int(out.contributes.sum())
         self.log("train/loss", out.total, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
         self.log("train/ce", out.ce, on_step=False, on_epoch=True, batch_size=n)
-        self.log("train/od", out.od, on_step=False, on_epoch=True, batch_size=n)
-        self.log("train/od_active", out.active, on_step=False, on_epoch=True, batch_size=n)
+        if k:  # averaged over the images that contribute an OD (defective, valid AOI) only
+            self.log("train/od", out.od, on_step=False, on_epoch=True, batch_size=k)
+            self.log("train/od_active", out.active, on_step=False, on_epoch=True, batch_size=k)
         return out.total
 
     def _eval_step(self, stage: str, batch: dict) -> None:
@@ -65,9 +109,8 @@ class CEODModule(L.LightningModule):
         # Lightning evaluates under no_grad; only the general Grad-CAM path needs autograd.
         with torch.set_grad_enabled(head_weight is None):
             logits, feats = self.model(x)
-            heat = grad_cam(feats, logits, self.defect_class, head_weight, create_graph=False,
-                            size=tuple(x.shape[-2:]), score=getattr(self.loss, "cam_score", "logit"))
-        logits, heat = logits.detach(), heat.detach()
+            heat = self.loss.heat(logits, feats, head_weight, tuple(x.shape[-2:]), differentiable=False)
+        logits = logits.detach()
         out = self.loss(logits, y, mask, heat=heat)
         n = y.shape[0]
         self.log(f"{stage}/loss", out.total, batch_size=n, sync_dist=True)
@@ -81,18 +124,46 @@ class CEODModule(L.LightningModule):
                 metric.update(heat, mask, y)
             else:
                 metric.update(prob, target)
-        getattr(self, f"{stage}_confmat").update(prob, target)
+        scores: MetricCollection = getattr(self, f"{stage}_scores")
+        scores["prob"].update(prob)
+        scores["target"].update(target.float())
 
     def _eval_epoch_end(self, stage: str) -> None:
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
-        self.log_dict(metrics.compute(), sync_dist=True)  # already synced by torchmetrics; avoids the warning
+        self.log_dict(metrics.compute())  # torchmetrics syncs across processes itself
         metrics.reset()
-        confmat = getattr(self, f"{stage}_confmat")
-        cm = confmat.compute()
-        confmat.reset()
+        scores: MetricCollection = getattr(self, f"{stage}_scores")
+        prob, target = (scores[k].compute().reshape(-1) for k in ("prob", "target"))
+        scores.reset()
+        target = target.long()
+        if stage == "val" and not self.trainer.sanity_checking:
+            self.threshold = youden_threshold(prob, target)
+        t = self.threshold
+        self.log(f"{stage}/threshold", t)
+        for name, fn in (("acc", binary_accuracy), ("f1", binary_f1_score)):
+            self.log(f"{stage}/{name}", fn(prob, target, threshold=t))
+            self.log(f"{stage}/{name}@0.5", fn(prob, target, threshold=0.5))
+        cm = binary_confusion_matrix(prob, target, threshold=t)
         self.confusion[stage] = cm.cpu()
         for (i, j), name in {(0, 0): "tn", (0, 1): "fp", (1, 0): "fn", (1, 1): "tp"}.items():
-            self.log(f"{stage}/{name}", cm[i, j].float(), sync_dist=True)
+            self.log(f"{stage}/{name}", cm[i, j].float())
+
+    def on_validation_epoch_start(self) -> None:
+        """Before validating a training epoch: BN running statistics recomputed over the training set."""
+        if not self.bn_recalibration or self.trainer.sanity_checking or self.trainer.state.fn != "fit":
+            return
+        loader = self.trainer.train_dataloader
+        if loader is None:
+            return
+        limit = self.trainer.num_training_batches
+        batches = (b["image"].to(self.device) for i, b in enumerate(loader) if i < limit)
+        recompute_batchnorm_stats(self.model, batches)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ceod_threshold"] = float(self.threshold)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.threshold = float(checkpoint.get("ceod_threshold", 0.5))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -106,9 +177,6 @@ class CEODModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
-    def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params=params)
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)}}
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """The configured optimizer over the trainable parameters (those the finetune regime left on)."""
+        return self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])

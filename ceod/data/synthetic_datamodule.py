@@ -1,4 +1,9 @@
-"""The synthetic zipper benchmark as a DataModule: generates its dataset once, then reads it as a folder."""
+"""Generated benchmarks as a DataModule: the dataset is generated once (cached), then read as a folder.
+
+Two generators share the contract ``config_for(variant, seed=…, **overrides)``, ``generate(root, cfg)``,
+``GENERATOR_VERSION``: :mod:`ceod.data.synthetic` (synthetic zipper variants) and :mod:`ceod.data.digits`
+(decoy digits). The variant name picks the generator.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,18 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from ceod.data import digits, synthetic
 from ceod.data.folder import FolderDataModule
-from ceod.data.synthetic import GENERATOR_VERSION, config_for, generate, read_meta
+from ceod.data.synthetic import read_meta
 from ceod.errors import DataError
 
 
-class SyntheticZipperDataModule(FolderDataModule):
+def generator_for(variant: str):
+    """The generator module (:mod:`ceod.data.synthetic` or :mod:`ceod.data.digits`) that makes ``variant``."""
+    return digits if variant in digits.VARIANTS else synthetic
+
+
+class GeneratedDataModule(FolderDataModule):
     """A :class:`FolderDataModule` over ``root``, which is generated on first use (cached).
 
     ``variant`` names a preset of :mod:`ceod.data.synthetic`; ``generator`` overrides its fields
@@ -29,7 +40,8 @@ class SyntheticZipperDataModule(FolderDataModule):
         gen = dict(generator or {})
         size = self.image_size
         gen.setdefault("size", size if isinstance(size, int) else max(size))
-        self.gen_config = config_for(variant, seed=generator_seed, **gen)
+        self.generator = generator_for(variant)
+        self.gen_config = self.generator.config_for(variant, seed=generator_seed, **gen)
 
     def prepare_data(self) -> None:
         # parallel sweep jobs may share the cache: one generates, the others wait and reuse it
@@ -43,16 +55,16 @@ class SyntheticZipperDataModule(FolderDataModule):
 
     def _prepare_locked(self) -> None:
         meta = read_meta(self.root)
-        wanted = {"generator": "ceod.data.synthetic", "version": GENERATOR_VERSION,
+        wanted = {"generator": self.generator.__name__, "version": self.generator.GENERATOR_VERSION,
                   "config": _jsonable(asdict(self.gen_config))}
         if meta is None:
             if self.root.exists() and any(self.root.iterdir()):
-                raise DataError(f"data root {self.root} is not empty and holds no synthetic dataset (no meta.json)")
-            print(f"[ceod] generating synthetic dataset in {self.root} …", flush=True)
-            generate(self.root, self.gen_config)
+                raise DataError(f"data root {self.root} is not empty and holds no generated dataset (no meta.json)")
+            print(f"[ceod] generating {self.generator.__name__} dataset in {self.root} …", flush=True)
+            self.generator.generate(self.root, self.gen_config)
         elif _jsonable(meta) != wanted:
             raise DataError(
-                f"data root {self.root} holds a synthetic dataset made with other parameters; "
+                f"data root {self.root} holds a generated dataset made with other parameters; "
                 "delete it or choose another data.root")
 
     def setup(self, stage: str | None = None) -> None:
@@ -67,3 +79,6 @@ def _jsonable(obj):
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
     return obj
+
+
+SyntheticZipperDataModule = GeneratedDataModule  # the name the synthetic_zipper configs use

@@ -1,0 +1,164 @@
+"""Decoy digits — the DecoyMNIST protocol (Ross et al. 2017) on real handwritten scans, offline.
+
+The 1,797 handwritten digits (8×8 scans, 17 grey levels) that scikit-learn ships inside its wheel
+(``sklearn.datasets.load_digits``; no download) are printed as dark ink on a textured metal plate.
+Binary task: "defect" ⇔ the digit is one of ``defect_digits`` (default 3, 5, 8), "good" ⇔ one of
+``good_digits`` (0, 6, 9) — curved strokes that differ in detail, so the task is learnable but not
+trivial. AOI = the digit's box. A decoy — a small square in a random image corner, outside the AOI —
+is bright on defective and dark on good images with probability ``decoy_p`` in train/val (1.0: a
+perfect shortcut), and bright or dark at random in the test split: a model that reads the decoy
+instead of the digit loses its test AUROC. ``decoy_p = 0.5`` is the control (decoy independent of
+the label everywhere).
+
+Layout written: the same folder+mask layout as :mod:`ceod.data.synthetic` (images/, masks/,
+manifest.csv, geometry.jsonl, meta.json), so ``data=decoy_digits`` reads it like any folder set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ceod.data.layout import CLASS_DIRS, atomic_directory, write_manifest
+from ceod.errors import CeodError, DataError
+
+GENERATOR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DigitsConfig:
+    """Parameters of one decoy-digits dataset; two equal configs give byte-identical datasets."""
+
+    seed: int = 0
+    size: int = 64
+    digit_scale: int = 3  # 8×8 scan → 24×24 px
+    defect_digits: tuple[int, ...] = (3, 5, 8)
+    good_digits: tuple[int, ...] = (0, 6, 9)
+    split: tuple[float, float, float] = (0.4, 0.15, 0.45)  # test ≥ 400 images
+    ink: float = 0.35  # ink darkness against the plate (± ink_jitter relative)
+    ink_jitter: float = 0.3
+    decoy_p: float | None = 1.0
+    decoy_size: int = 6
+    decoy_contrast: float = 0.3
+    noise: float = 0.03
+
+    def __post_init__(self) -> None:
+        if set(self.defect_digits) & set(self.good_digits) or not self.defect_digits or not self.good_digits:
+            raise CeodError(f"defect_digits {self.defect_digits} and good_digits {self.good_digits} must be "
+                            "non-empty and disjoint")
+        if not set(self.defect_digits) | set(self.good_digits) <= set(range(10)):
+            raise CeodError("digits must lie in 0..9")
+        if self.size < 8 * self.digit_scale + 2 * (self.decoy_size + 4):
+            raise CeodError(f"size {self.size} too small for a {8 * self.digit_scale} px digit and corner decoys")
+        if len(self.split) != 3 or abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0:
+            raise CeodError(f"split must be three non-negative fractions summing to 1, got {self.split}")
+        if self.decoy_p is not None and not 0.0 <= self.decoy_p <= 1.0:
+            raise CeodError(f"decoy_p must lie in [0, 1] or be null, got {self.decoy_p}")
+
+
+VARIANTS: dict[str, DigitsConfig] = {
+    "decoy_digits": DigitsConfig(decoy_p=1.0),  # train-only shortcut
+    "decoy_digits_control": DigitsConfig(decoy_p=0.5),  # same images, decoy independent of the label
+}
+
+
+def _load_scans() -> tuple[np.ndarray, np.ndarray]:
+    """(images N×8×8 in [0, 1], digits N) from scikit-learn's bundled copy."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images.astype(np.float64) / 16.0, d.target.astype(int)
+
+
+def _plate(rng, size: int) -> np.ndarray:
+    """Brushed-metal plate: streaks along a random direction, smooth lighting gradient, grain."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    phi = rng.uniform(-0.3, 0.3)
+    u = -xx * math.sin(phi) + yy * math.cos(phi)
+    streaks = sum(a * np.sin(2 * math.pi * u / p + rng.uniform(0, 2 * math.pi))
+                  for a, p in zip(rng.uniform(0.01, 0.03, 4), rng.uniform(1.5, 7.0, 4)))
+    g = rng.uniform(-1, 1, 2)
+    light = 0.08 * (g[0] * (xx / size - 0.5) + g[1] * (yy / size - 0.5))
+    return 0.55 + rng.uniform(-0.05, 0.05) + streaks + light
+
+
+def _upscale(scan: np.ndarray, k: int) -> np.ndarray:
+    img = Image.fromarray((scan * 255).astype(np.uint8), mode="L").resize((8 * k, 8 * k), Image.BILINEAR)
+    return np.asarray(img, dtype=np.float64) / 255.0
+
+
+def make_sample(cfg: DigitsConfig, scan: np.ndarray, index: int, label: int, split: str):
+    """One image (size×size float in [0,1]), its AOI (bool) and its geometry record."""
+    rng = np.random.default_rng([cfg.seed, index, 1])
+    size, d = cfg.size, 8 * cfg.digit_scale
+    lo = cfg.decoy_size + 4  # the digit box never reaches a corner square
+    x0, y0 = (int(v) for v in rng.integers(lo, size - lo - d + 1, 2))
+    img = _plate(rng, size)
+    ink = cfg.ink * (1 + cfg.ink_jitter * rng.uniform(-1, 1))
+    img[y0:y0 + d, x0:x0 + d] -= ink * _upscale(scan, cfg.digit_scale)
+    aoi = np.zeros((size, size), dtype=bool)
+    aoi[y0:y0 + d, x0:x0 + d] = True
+    decoy = None
+    if cfg.decoy_p is not None:
+        p_bright = 0.5 if split == "test" else (cfg.decoy_p if label == 1 else 1.0 - cfg.decoy_p)
+        bright = bool(rng.uniform() < p_bright)
+        cx, cy = (2, size - 2 - cfg.decoy_size)[rng.integers(2)], (2, size - 2 - cfg.decoy_size)[rng.integers(2)]
+        img[cy:cy + cfg.decoy_size, cx:cx + cfg.decoy_size] += cfg.decoy_contrast * (1 if bright else -1)
+        decoy = {"x": int(cx), "y": int(cy), "size": cfg.decoy_size, "bright": bright}
+    img += rng.normal(0.0, cfg.noise, img.shape)
+    return np.clip(img, 0.0, 1.0), aoi, {"box": [x0, y0, d, d], "decoy": decoy}
+
+
+def _splits(cfg: DigitsConfig, labels: np.ndarray) -> list[str]:
+    rng = np.random.default_rng([cfg.seed, 7])
+    out = [""] * len(labels)
+    for cls in (0, 1):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        n_tr, n_va = (int(round(f * len(idx))) for f in cfg.split[:2])
+        for k, i in enumerate(idx):
+            out[i] = "train" if k < n_tr else "val" if k < n_tr + n_va else "test"
+    return out
+
+
+def generate(out: str | Path, cfg: DigitsConfig | None = None, overwrite: bool = False) -> Path:
+    """Write a dataset to ``out`` (layout in the module docstring); atomic: nothing half-written is left."""
+    cfg = cfg or DigitsConfig()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise DataError(f"output folder {out} exists and is not empty (pass overwrite=True)")
+    scans, digits = _load_scans()
+    keep = np.flatnonzero(np.isin(digits, cfg.defect_digits + cfg.good_digits))
+    labels = np.isin(digits[keep], cfg.defect_digits).astype(int)
+    splits = _splits(cfg, labels)
+    with atomic_directory(out) as tmp:
+        rows, geoms = [], []
+        for i, (src, label, split) in enumerate(zip(keep.tolist(), labels.tolist(), splits)):
+            img, aoi, geom = make_sample(cfg, scans[src], i, label, split)
+            rel_img, rel_mask = f"images/{CLASS_DIRS[label]}/{i:05d}.png", f"masks/{CLASS_DIRS[label]}/{i:05d}.png"
+            Image.fromarray((img * 255 + 0.5).astype(np.uint8), mode="L").save(tmp / rel_img)
+            Image.fromarray(aoi.astype(np.uint8) * 255, mode="L").save(tmp / rel_mask)
+            rows.append({"image": rel_img, "mask": rel_mask, "label": label, "split": split})
+            geoms.append({"image": rel_img, "label": label, "split": split, "digit": int(digits[src]),
+                          "scan": src, **geom})
+        write_manifest(tmp / "manifest.csv", rows, ["image", "mask", "label", "split"])
+        (tmp / "geometry.jsonl").write_text("".join(json.dumps(g) + "\n" for g in geoms))
+        meta = {"generator": "ceod.data.digits", "version": GENERATOR_VERSION, "config": asdict(cfg)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def config_for(variant: str = "decoy_digits", **overrides) -> DigitsConfig:
+    """The named variant's config with ``overrides`` applied (None values are ignored)."""
+    if variant not in VARIANTS:
+        raise CeodError(f"unknown digits variant {variant!r}; choose one of {sorted(VARIANTS)}")
+    overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(overrides) - set(DigitsConfig.__dataclass_fields__))
+    if unknown:
+        raise CeodError(f"unknown digits generator option(s) {unknown}; known: {sorted(DigitsConfig.__dataclass_fields__)}")
+    return replace(VARIANTS[variant], **overrides)
