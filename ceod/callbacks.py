@@ -23,7 +23,6 @@ from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ceod import figures
-from ceod.cam import grad_cam
 from ceod.log import info
 
 
@@ -38,16 +37,11 @@ def plain(value: Any) -> Any:
 
 def defect_heat(pl_module: L.LightningModule, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(P(defect) B, Grad-CAM heat of the defect class B×H×W) for B×C×H×W images, detached on the CPU."""
-    model = pl_module.model
-    head_weight = getattr(model, "cam_head_weight", None)
-    cls = int(getattr(pl_module, "defect_class", 1))
-    score = getattr(getattr(pl_module, "loss", None), "cam_score", "logit")
-    with torch.set_grad_enabled(head_weight is None):
-        logits, feats = model(images)
-        heat = grad_cam(feats, logits, cls, head_weight, create_graph=False, size=tuple(images.shape[-2:]),
-                        score=score)
-    prob = logits.detach().float().softmax(dim=1)[:, cls]
-    return prob.cpu(), heat.detach().float().cpu()
+    from ceod.predict import score_images
+
+    prob, heat = score_images(pl_module.model, images, int(getattr(pl_module, "defect_class", 1)),
+                              getattr(getattr(pl_module, "loss", None), "cam_score", "logit"))
+    return prob.cpu(), heat.cpu()
 
 
 class HeatMapFigures(Callback):

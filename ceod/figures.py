@@ -21,19 +21,24 @@ CLASS_NAMES = ("good", "defect")
 _JET = (colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)  # 256×3 lookup table
 
 
-def display_image(image: np.ndarray) -> np.ndarray:
-    """C×H×W (any range) → H×W×3 float in [0, 1], min-max scaled per image (grey repeated)."""
+def display_image(image: np.ndarray, stretch: bool = True) -> np.ndarray:
+    """C×H×W → H×W×3 float in [0, 1] (grey repeated): min-max scaled per image (``stretch``, for
+    normalised images) or clipped (images already in [0, 1])."""
     x = np.asarray(image, dtype=np.float32)
     x = x[:1] if x.shape[0] not in (1, 3) else x
-    lo, hi = float(x.min()), float(x.max())
-    x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    if stretch:
+        lo, hi = float(x.min()), float(x.max())
+        x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    else:
+        x = np.clip(x, 0.0, 1.0)
     x = np.repeat(x, 3, axis=0) if x.shape[0] == 1 else x
     return x.transpose(1, 2, 0)
 
 
-def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """H×W×3 uint8: the image with the heat map (scaled to its own max, jet colours) blended on top."""
-    base = display_image(image)
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, stretch: bool = True) -> np.ndarray:
+    """H×W×3 uint8: the image (see :func:`display_image`) with the heat map (scaled to its own max, jet
+    colours) blended on top, more where it is hotter."""
+    base = display_image(image, stretch)
     h = np.asarray(heat, dtype=np.float32)
     top = float(h.max()) if h.size else 0.0
     rel = h / top if top > 0 else np.zeros_like(h)
