@@ -18,6 +18,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 CLASS_NAMES = ("good", "defect")
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: files written via mkstemp get the usual permissions, not 0600
 _JET = (colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)  # 256×3 lookup table
 
 
@@ -115,6 +117,7 @@ def atomic_write(path: Path, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
