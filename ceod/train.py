@@ -90,24 +90,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
     from hydra.utils import instantiate
 
-    from ceod.module import CEODModule
-
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
-    if cfg.get("finetune") is not None:  # freeze before the Trainer (and DDP) wraps the model
-        model = instantiate(cfg.finetune)(model)
-    norm = getattr(model, "pretrained_normalization", None)  # (mean, std) of pretrained weights
-    if norm is not None and getattr(datamodule, "mean", ()) is None:
-        datamodule.mean, datamodule.std = tuple(norm[0]), tuple(norm[1])
-    loss = instantiate(cfg.loss)
-    trainable, total = count_parameters(model)
+    module = instantiate(cfg.module)  # network (frozen per finetune), loss, optimizer: conf/module/default.yaml
+    if getattr(module.model, "pretrained_normalization", None) is not None and cfg.data.get("mean") is not None:
+        raise ConfigError(f"model {cfg.model.get('name', '')} normalises its input with its pretrained mean/std: "
+                          "set data.mean=null data.std=null (pixels in [0, 1])")
+    trainable, total = count_parameters(module.model)
     info(f"model {cfg.model._target_.rsplit('.', 1)[-1]}: {trainable:,} trainable / {total:,} parameters")
-    info(f"loss: {loss.extra_repr()}")
-    module = CEODModule(model, loss, instantiate(cfg.optimizer), scheduler=None, defect_class=loss.defect_class)
+    info(f"loss: {module.loss.extra_repr()}")
 
     ckpt_path = cfg.get("ckpt_path")
     last = out_dir / "checkpoints" / "last.ckpt"

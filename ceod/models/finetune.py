@@ -22,10 +22,13 @@ do not move — by a forward pre-hook, so this holds even after Lightning calls 
 
 from __future__ import annotations
 
+import logging
+
 from torch import nn
 
 from ceod.errors import ConfigError
-from ceod.log import info
+
+_log = logging.getLogger(__name__)  # printed as "[ceod] …" by ceod.log in a training run
 
 REGIMES = ("transfer", "last_n", "full")
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
@@ -126,7 +129,7 @@ def apply_finetune(model: nn.Module, regime: str = "full", n: int | None = 20, v
         trainable = sum(p.numel() for p in params if p.requires_grad)
         total = sum(p.numel() for p in params)
         n_part = f" (n={n})" if regime == "last_n" else ""
-        info(f"finetune {regime}{n_part}: {trainable:,} / {total:,} parameters trainable{detail}")
+        _log.info(f"finetune {regime}{n_part}: {trainable:,} / {total:,} parameters trainable{detail}")
     return model
 
 

@@ -6,22 +6,21 @@
 * ``cam_head_weight`` is the classifier weight when the head is exactly global average pool →
   (dropout) → linear on those features — checked numerically on the model itself, not by name —
   which selects the analytic CAM path; otherwise ``None`` and the general autograd path is used.
-* ImageNet weights are loaded offline only: from ``weights`` (a ``.safetensors`` file or a torch
-  state dict, read with ``weights_only=True``), else from a file already in the local Hugging Face
-  or torch-hub cache. Nothing is ever downloaded; with no file the model stops with a ConfigError.
-  The ImageNet classifier is dropped (the head has 2 classes). A greyscale model (``in_chans=1``)
+* ImageNet weights are loaded offline only, by timm (see :mod:`ceod.models.weights`). The ImageNet
+  classifier is dropped (the head has ``num_classes`` rows); a greyscale model (``in_chans=1``)
   accepts 3-channel weights: the first conv's weights are summed over their input channels.
-* ``pretrained_normalization`` is the (mean, std) of the pretrained weights from timm's
-  ``resolve_data_config``, adapted to ``in_chans`` (1 channel: the average); ``None`` without weights.
+* Normalisation is inside the model: the buffers ``input_mean`` / ``input_std`` (1×C×1×1) are the
+  pretrained weights' mean and std from timm's data config, adapted to ``in_chans`` (1 channel: the
+  average), and 0 / 1 without weights. So the data gives pixels in [0, 1] (``data.mean=null``), and a
+  checkpoint carries the normalisation its network was trained with.
 """
 
 from __future__ import annotations
 
 import difflib
-import os
-from collections.abc import Mapping
-from pathlib import Path
-from urllib.parse import urlparse
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import timm
 import torch
@@ -29,90 +28,26 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ceod.errors import ConfigError
-from ceod.log import info
+from ceod.models.weights import create_pretrained, few, find_weights
 
-_PREFIXES = ("module.", "model.", "backbone.")  # DDP, Lightning checkpoint, TimmClassifier.state_dict()
-
-
-def _few(keys: list[str], n: int = 3) -> str:
-    return ", ".join(keys[:n]) + (", …" if len(keys) > n else "")
+_log = logging.getLogger(__name__)
 
 
-def _as_tuple(value) -> tuple[str, ...]:
-    if not value:
-        return ()
-    return (value,) if isinstance(value, str) else tuple(value)
-
-
-def _close_names(name: str, candidates: list[str], n: int = 3, cutoff: float = 0.6) -> list[str]:
-    """The ``n`` most similar names; ties in alphabetical order (efficientnet_bo → efficientnet_b0 first)."""
-    scored = []
-    for c in candidates:
-        m = difflib.SequenceMatcher(None, name.lower(), c.lower())
-        if m.real_quick_ratio() >= cutoff and m.quick_ratio() >= cutoff and m.ratio() >= cutoff:
-            scored.append((-m.ratio(), c))
-    return [c for _, c in sorted(scored)[:n]]
+def close_names(name: str, candidates: list[str], n: int = 3, cutoff: float = 0.6) -> list[str]:
+    """The ``n`` names most similar to ``name``; ties alphabetical (efficientnet_bo → efficientnet_b0 first,
+    where difflib alone ranks ties in reverse: _b8, _b7, …)."""
+    matches = difflib.get_close_matches(name.lower(), candidates, n=len(candidates), cutoff=cutoff)
+    score = {c: difflib.SequenceMatcher(None, name.lower(), c).ratio() for c in matches}
+    return sorted(matches, key=lambda c: (-score[c], c))[:n]
 
 
 def check_model_name(name: str) -> None:
     """ConfigError naming close timm models when ``name`` is not one."""
     if timm.is_model(name):
         return
-    close = _close_names(name.split(".")[0], timm.list_models())
+    close = close_names(name.split(".")[0], timm.list_models())
     hint = f"; did you mean {', '.join(close)}?" if close else " (see timm.list_models())"
     raise ConfigError(f"unknown timm model {name!r} in model.name{hint}")
-
-
-def load_weights_file(path: str | os.PathLike) -> dict[str, Tensor]:
-    """A state dict from ``.safetensors`` or a torch file (``weights_only=True``), wrappers and prefixes removed."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"model.weights file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 — any unreadable file is a user error
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"cannot read model.weights {path} as safetensors or a weights-only torch state dict: "
-                          f"{first}") from None
-    for wrapper in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
-            state = state[wrapper]
-            break
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ConfigError(f"model.weights {path} is not a state dict (name → tensor)")
-    state = dict(state)
-    changed = True
-    while changed and state:
-        changed = False
-        for prefix in _PREFIXES:
-            if all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
-                changed = True
-    return state
-
-
-def cached_weights(pretrained_cfg: Mapping) -> Path | None:
-    """A weights file for ``pretrained_cfg`` already in the local HF or torch-hub cache (no network)."""
-    hf_id = pretrained_cfg.get("hf_hub_id")
-    if hf_id:
-        from huggingface_hub import try_to_load_from_cache
-
-        for filename in (pretrained_cfg.get("hf_hub_filename"), "model.safetensors", "pytorch_model.bin"):
-            if filename:
-                found = try_to_load_from_cache(hf_id, filename)
-                if isinstance(found, str) and Path(found).is_file():
-                    return Path(found)
-    url = pretrained_cfg.get("url")
-    if url:
-        found = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
-        if found.is_file():
-            return found
-    return None
 
 
 def _adapt_normalization(values, in_chans: int) -> tuple[float, ...]:
@@ -124,21 +59,30 @@ def _adapt_normalization(values, in_chans: int) -> tuple[float, ...]:
     return tuple(values[i % len(values)] for i in range(in_chans))
 
 
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` and all its submodules in eval mode inside the block; each one's own mode restored after."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def _producer(root: nn.Module, fn, x: Tensor) -> tuple[str, object]:
     """(path of the outermost module of ``root`` whose output is ``fn(x)`` — '' if none —, fn(x)),
     run once in eval mode without grad."""
     outputs: list[tuple[str, object]] = []
     handles = [m.register_forward_hook(lambda mod, args, out, name=name: outputs.append((name, out)))
                for name, m in root.named_modules() if name]
-    was_training = root.training
     try:
-        root.eval()
-        with torch.no_grad():
+        with eval_mode(root), torch.no_grad():
             result = fn(x)
     finally:
         for h in handles:
             h.remove()
-        root.train(was_training)
     matches = [name for name, out in outputs if out is result]  # hooks fire innermost first
     return (matches[-1] if matches else ""), result
 
@@ -151,7 +95,8 @@ def find_cam_layer(model: nn.Module, example: Tensor) -> str:
 
 
 class TimmClassifier(nn.Module):
-    """A timm model with a ``num_classes`` head returning (logits, CAM-layer features)."""
+    """A timm model with a ``num_classes`` head: input B×in_chans×H×W in [0, 1] (normalised inside) →
+    (logits B×num_classes, CAM-layer features B×K×h×w)."""
 
     def __init__(self, name: str = "efficientnet_b0", num_classes: int = 2, in_chans: int = 3,
                  pretrained: bool = False, weights: str | None = None, cam_layer: str | None = None,
@@ -159,66 +104,22 @@ class TimmClassifier(nn.Module):
         super().__init__()
         check_model_name(name)
         self.name, self.num_classes, self.in_chans = name, int(num_classes), int(in_chans)
-        self.backbone = timm.create_model(name, pretrained=False, num_classes=self.num_classes,
-                                          in_chans=self.in_chans, **dict(timm_kwargs or {}))
-        self.weights_source: str | None = None
+        kwargs = dict(num_classes=self.num_classes, in_chans=self.in_chans, **dict(timm_kwargs or {}))
+        path = find_weights(name, weights) if (pretrained or weights) else None
+        self.backbone = create_pretrained(name, path, **kwargs) if path else timm.create_model(name, **kwargs)
+        self.weights_source = str(path) if path else None
         self.pretrained_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
-        if pretrained or weights:
-            self.load_pretrained(weights)
+        mean, std = (0.0,) * self.in_chans, (1.0,) * self.in_chans
+        if path:
+            data_cfg = timm.data.resolve_model_data_config(self.backbone)
+            mean, std = (_adapt_normalization(data_cfg[k], self.in_chans) for k in ("mean", "std"))
+            self.pretrained_normalization = (mean, std)
+            _log.info(f"{name}: pretrained weights from {path}")
+        self.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.auto_cam_layer = self._detect_cam_layer(required=not cam_layer)
         self.cam_layer = self._resolve_cam_layer(cam_layer)
         self._analytic = self.cam_layer == self.auto_cam_layer and self._head_is_gap_linear()
-
-    # ------------------------------------------------------------------ weights
-    def load_pretrained(self, weights: str | None = None) -> None:
-        """Load ImageNet weights from ``weights`` or the local cache; ConfigError when there are none."""
-        cfg = dict(getattr(self.backbone, "pretrained_cfg", None) or {})
-        if weights:
-            path = Path(weights).expanduser()
-        else:
-            path = cached_weights(cfg)
-            if path is None:
-                hub = f" (e.g. model.safetensors of huggingface.co/{cfg['hf_hub_id']})" if cfg.get("hf_hub_id") else ""
-                raise ConfigError(
-                    f"no local ImageNet weights for {self.name}: download them on a machine with internet{hub} "
-                    "and pass model.weights=/path/to/file.safetensors")
-        self.load_state(load_weights_file(path), source=str(path))
-        data_cfg = timm.data.resolve_data_config({}, model=self.backbone)
-        self.pretrained_normalization = (_adapt_normalization(data_cfg["mean"], self.in_chans),
-                                         _adapt_normalization(data_cfg["std"], self.in_chans))
-        self.weights_source = str(path)
-        info(f"{self.name}: pretrained weights from {path}")
-
-    def load_state(self, state: Mapping[str, Tensor], source: str = "state dict") -> None:
-        """Load a backbone state dict: a mismatching classifier is dropped, the first conv adapted to
-        ``in_chans``; any other missing, unexpected or mis-shaped key is a ConfigError naming keys."""
-        cfg = dict(getattr(self.backbone, "pretrained_cfg", None) or {})
-        own = self.backbone.state_dict()
-        state = dict(state)
-        from timm.models import adapt_input_conv
-
-        for conv in _as_tuple(cfg.get("first_conv")):
-            key = f"{conv}.weight"
-            if key in state and key in own and state[key].ndim == 4 and state[key].shape[1] != own[key].shape[1]:
-                state[key] = adapt_input_conv(self.in_chans, state[key])
-        head = tuple(f"{c}." for c in _as_tuple(cfg.get("classifier")))
-        if not head:
-            head = tuple(n + "." for n, m in self.backbone.named_modules() if m is self.backbone.get_classifier())
-
-        def is_head(k: str) -> bool:
-            return k.startswith(head)
-
-        for k in [k for k in state if is_head(k) and k in own and state[k].shape != own[k].shape]:
-            del state[k]  # the ImageNet classifier: the 2-class head keeps its initialisation
-        shape = [f"{k} {tuple(state[k].shape)}≠{tuple(own[k].shape)}"
-                 for k in state if k in own and state[k].shape != own[k].shape]
-        missing = [k for k in own if k not in state and not is_head(k) and not k.endswith("num_batches_tracked")]
-        unexpected = [k for k in state if k not in own]
-        if shape or missing or unexpected:
-            parts = [f"{len(v)} {what} ({_few(v)})" for what, v in
-                     (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shape)) if v]
-            raise ConfigError(f"weights {source} do not match {self.name}: " + "; ".join(parts))
-        self.backbone.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
     # ------------------------------------------------------------------ CAM layer
     def _probe_input(self) -> Tensor:
@@ -248,25 +149,21 @@ class TimmClassifier(nn.Module):
                 children = [n for n, _ in (self.backbone.get_submodule(parent) if parent else self.backbone)
                             .named_children()]
                 where = f"{parent} holds" if parent else "top-level modules:"
-                hint = f"; {where} {_few(children, 8)}" if children else ""
+                hint = f"; {where} {few(children, 8)}" if children else ""
             else:
-                close = _close_names(path, names, cutoff=0.5)
+                close = close_names(path, names, cutoff=0.5)
                 hint = f"; close: {', '.join(close)}" if close else ""
             raise ConfigError(f"model.cam_layer {path!r} is not a module of {self.name}{hint}")
         if path == self.auto_cam_layer:
             return path
-        was_training = self.backbone.training
-        try:
-            self.backbone.eval()
+        with eval_mode(self.backbone):
             logits, feats = self._hooked_forward(self._probe_input(), path)
             if not isinstance(feats, Tensor) or feats.ndim != 4:
                 got = tuple(feats.shape) if isinstance(feats, Tensor) else type(feats).__name__
                 raise ConfigError(f"model.cam_layer {path!r} of {self.name} outputs {got}, not a B×K×h×w feature map")
             (grad,) = torch.autograd.grad(logits.sum(), feats, allow_unused=True)
-            if grad is None:
-                raise ConfigError(f"model.cam_layer {path!r} of {self.name} does not feed the logits")
-        finally:
-            self.backbone.train(was_training)
+        if grad is None:
+            raise ConfigError(f"model.cam_layer {path!r} of {self.name} does not feed the logits")
         return path
 
     def _head_is_gap_linear(self) -> bool:
@@ -274,17 +171,13 @@ class TimmClassifier(nn.Module):
         classifier = self.backbone.get_classifier()
         if not isinstance(classifier, nn.Linear):
             return False
-        was_training = self.backbone.training
         try:
-            self.backbone.eval()
-            with torch.no_grad():
+            with eval_mode(self.backbone), torch.no_grad():
                 f = torch.rand(2, classifier.in_features, 3, 5)
                 out = self.backbone.forward_head(f)
                 ref = F.linear(f.mean(dim=(2, 3)), classifier.weight, classifier.bias)
         except Exception:  # noqa: BLE001 — a head that cannot take these features is not GAP → linear
             return False
-        finally:
-            self.backbone.train(was_training)
         return out.shape == ref.shape and torch.allclose(out, ref, rtol=1e-4, atol=1e-5)
 
     @property
@@ -326,6 +219,8 @@ class TimmClassifier(nn.Module):
         return logits, captured.get("features")
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x: B×in_chans×H×W pixels (normalised here) → (logits B×C, features B×K×h×w)."""
+        x = (x - self.input_mean) / self.input_std
         if self.cam_layer != self.auto_cam_layer:
             return self._hooked_forward(x, self.cam_layer)
         feats = self._needs_grad(self.backbone.forward_features(x))
