@@ -7,9 +7,9 @@ config; fit; test the best checkpoint; print the result table. Outputs go to the
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import hydra
@@ -18,25 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from ceod.errors import CeodError, ConfigError
-from ceod.log import info
+from ceod.log import echo, info, log_to_file
+from ceod.run import RunState, config_record, failure_marker, resume_checkpoint, run_id
+from ceod.schema import validate
 
-
-def run_id() -> str:
-    """Name of this run's (or sweep's) folder, fixed once per launch and shared by its jobs.
-
-    CEOD_RUN_ID if set (inherited by sweep jobs and DDP workers), else the SLURM job id (with array
-    task) on a cluster — stable across requeues — else a timestamp.
-    """
-    value = os.environ.get("CEOD_RUN_ID")
-    if not value:
-        job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
-        if job:
-            task = os.environ.get("SLURM_ARRAY_TASK_ID")
-            value = f"slurm-{job}" + (f"_{task}" if task and os.environ.get("SLURM_ARRAY_JOB_ID") else "")
-        else:
-            value = time.strftime("%Y-%m-%d_%H-%M-%S")
-        os.environ["CEOD_RUN_ID"] = value
-    return value
+__all__ = ["train", "run", "one_line", "cli", "run_id"]
 
 
 def generator_tag(overrides) -> str:
@@ -59,6 +45,31 @@ def _unwrap(e: BaseException) -> BaseException:
     while isinstance(e, InstantiationException) and e.__cause__ is not None:
         e = e.__cause__
     return e
+
+
+def instantiate_at(cfg: DictConfig, key: str, **kwargs):
+    """``instantiate(cfg.<key>)``; a constructor's TypeError/ValueError becomes a ConfigError naming ``key``."""
+    from hydra.utils import instantiate
+
+    node = OmegaConf.select(cfg, key)
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = _unwrap(e)
+        if isinstance(cause, CeodError) or not isinstance(cause, (TypeError, ValueError)):
+            raise
+        target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
+        raise ConfigError(f"{key} ({target}): {type(cause).__name__}: {_first(cause)}") from e
+
+
+def _run_folder(cfg: DictConfig) -> Path:
+    """The run folder (created); an unusable one is a one-line ConfigError."""
+    out_dir = Path(cfg.paths.output_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the run folder {out_dir}: {e.strerror} (set hydra.run.dir)") from None
+    return out_dir
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -90,11 +101,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
     from hydra.utils import instantiate
 
+    validate(cfg)  # run-level values typed and in range: one line, before any data is read
+    out_dir = _run_folder(cfg)
+    record = config_record(cfg, out_dir)
+    ckpt_path, ckpt = resume_checkpoint(cfg, out_dir, record)
+    if not cfg.get("train", True) and cfg.get("test", True) and ckpt_path is None:
+        raise ConfigError("train=false tests a trained model: set ckpt_path=/path/to/checkpoint.ckpt")
+    if ckpt is not None and cfg.get("train", True):
+        info(f"resuming from {ckpt_path} (epoch {ckpt.get('epoch', '?')} done)")
     L.seed_everything(cfg.seed, workers=True)
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate_at(cfg, "data")
     module = instantiate(cfg.module)  # network (frozen per finetune), loss, optimizer: conf/module/default.yaml
     if getattr(module.model, "pretrained_normalization", None) is not None and cfg.data.get("mean") is not None:
         raise ConfigError(f"model {cfg.model.get('name', '')} normalises its input with its pretrained mean/std: "
@@ -103,19 +120,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     info(f"model {cfg.model._target_.rsplit('.', 1)[-1]}: {trainable:,} trainable / {total:,} parameters")
     info(f"loss: {module.loss.extra_repr()}")
 
-    ckpt_path = cfg.get("ckpt_path")
-    last = out_dir / "checkpoints" / "last.ckpt"
-    if ckpt_path is None and cfg.get("train", True) and last.is_file():
-        ckpt_path = str(last)  # a requeued job (same SLURM job id → same run dir) resumes
-        info(f"resuming from {last}")
-    if ckpt_path is not None and ckpt_path not in ("last", "best", "hpc") and not Path(ckpt_path).is_file():
-        raise ConfigError(f"checkpoint not found: {ckpt_path} (ckpt_path)")
-    if not cfg.get("train", True) and cfg.get("test", True) and ckpt_path is None:
-        raise ConfigError("train=false tests a trained model: set ckpt_path=/path/to/checkpoint.ckpt")
-
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]  # group.key=null: off
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    loggers = [instantiate_at(cfg, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c is not None]
+    for lg in loggers:
+        if ckpt is not None and cfg.get("train", True) and hasattr(lg, "resume_after"):
+            lg.resume_after(int(ckpt.get("epoch", -1)))  # keep the metric rows of the epochs not trained again
+    callbacks = [instantiate_at(cfg, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items()
+                 if c is not None]  # group.key=null: off
+    callbacks.append(RunState(cfg.seed, record))
+    trainer = instantiate_at(cfg, "trainer", logger=loggers or False, callbacks=callbacks)
     try:
         if trainer.is_global_zero:
             OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
@@ -127,7 +139,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.get("train", True):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             results = {k: float(v) for k, v in trainer.callback_metrics.items()}
-            cb = trainer.checkpoint_callback
+            cb = next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), None)
             best = cb.best_model_path if cb is not None else ""
             if cb is not None and cb.best_model_score is not None:
                 results["best/" + str(cb.monitor)] = float(cb.best_model_score)
@@ -136,7 +148,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt)
             results.update({k: float(v) for k, v in trainer.callback_metrics.items()})
             if trainer.is_global_zero:
-                print(format_results(results, module.confusion.get("test")))
+                echo(format_results(results, module.confusion.get("test")))
                 if test_ckpt:
                     info(f"tested checkpoint: {test_ckpt}")
         info(f"outputs in {out_dir}")
@@ -148,36 +160,60 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return results
 
 
+def _first(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0].strip() if text else type(e).__name__
+
+
 def one_line(e: BaseException) -> str | None:
-    """A one-line message for a user error (bad config key/value, path, file), None for a bug."""
-    target = None
-    if isinstance(e, InstantiationException):
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        target = first.split("'")[1] if first.count("'") >= 2 else None
-    e = _unwrap(e)
+    """A one-line message for a user error (bad config key/value, path, file), None for a bug.
+
+    Dispatches on exception types and their attributes only (never on Hydra's message wording).
+    """
+    from hydra.errors import ConfigCompositionException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from omegaconf.errors import ConfigKeyError
+
+    wrapped, e = isinstance(e, InstantiationException), _unwrap(e)
     if isinstance(e, CeodError):
         return str(e)
-    if target is not None and isinstance(e, (TypeError, ValueError)):
-        return f"bad arguments for {target}: {str(e).strip().splitlines()[0]}"
-    if type(e).__name__ == "MisconfigurationException":
-        return f"trainer: {str(e).strip().splitlines()[0]}"
+    if wrapped and isinstance(e, (TypeError, ValueError)):
+        return f"bad config arguments: {type(e).__name__}: {_first(e)}"
+    if isinstance(e, MisconfigurationException):
+        return f"trainer: {_first(e)}"
     if isinstance(e, MissingMandatoryValue):
         return f"missing value for {e.full_key} (set {e.full_key}=...)"
     if isinstance(e, OverrideParseException):
-        detail = "; ".join(ln.strip() for ln in str(e).splitlines() if ln.strip() and "hydra.cc" not in ln)
-        return f"cannot parse override {e.override!r}: {detail}"
+        return f"cannot parse override {e.override!r}: {_first(e)}"
     if isinstance(e, MissingConfigException):
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         options = f" (available: {', '.join(e.options)})" if getattr(e, "options", None) else ""
-        return lines[0] + options
+        return _first(e) + options
+    if isinstance(e, ConfigCompositionException) and isinstance(e.__cause__, ConfigKeyError):
+        key = e.__cause__.full_key
+        return f"{_first(e)} {_first(e.__cause__)} (to add a new key: +{key}=...)"
     if isinstance(e, (HydraException, OmegaConfBaseException)):
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        cause = e.__cause__
-        if cause is not None and str(cause).strip():
-            first += f" {str(cause).strip().splitlines()[0]}"
-        hint = next((ln.strip() for ln in str(e).splitlines() if ln.startswith("To append")), "")
-        return first + (f" ({hint[0].lower() + hint[1:]})" if hint else "")
+        cause = f" {_first(e.__cause__)}" if e.__cause__ is not None and str(e.__cause__).strip() else ""
+        return _first(e) + cause
     return None
+
+
+def _describe(e: BaseException) -> str:
+    """The FAILED marker's text: the user-error line, else the exception's type and first line."""
+    return one_line(e) or f"{type(e).__name__}: {_first(e)}"
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """:func:`train` with its log in ``<run dir>/train.log`` and the folder marked ``FAILED`` if it raises."""
+    out_dir = Path(cfg.paths.output_dir)
+    stop_log = log_to_file(out_dir / "train.log") if out_dir.is_dir() else (lambda: None)
+    try:
+        with failure_marker(out_dir, _describe):
+            return train(cfg)
+    except Exception as e:
+        logging.getLogger("ceod.runlog").error(_describe(e))
+        raise
+    finally:
+        stop_log()
 
 
 def report_user_errors(fn):
@@ -195,7 +231,7 @@ def report_user_errors(fn):
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra task: train and test; user errors exit 2 with one line (so one sweep job fails alone)."""
-    results = report_user_errors(lambda: train(cfg))
+    results = report_user_errors(lambda: run(cfg))
     return results.get("best/val/auroc", results.get("val/auroc"))  # the value a sweeper optimises
 
 
