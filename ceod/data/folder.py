@@ -5,6 +5,7 @@ Layout read (folder and class names configurable)::
     ROOT/images/good/**/*.png     ROOT/masks/good/**/*.png    AOI masks mirror the image paths
     ROOT/images/defect/**/*.png   ROOT/masks/defect/**/*.png  (same stem; any image suffix)
     ROOT/manifest.csv             optional: image,mask,label[,split] — used instead when present
+    AOI_MASK                      optional (``aoi_mask``): one AOI mask for every image instead
     TEST_ROOT/…                   optional separate test set, same layout
 
 Splits: a manifest's ``split`` column (all rows) is used as given. Otherwise, per class
@@ -38,7 +39,6 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -49,6 +49,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from ceod.data.layout import atomic_write
 from ceod.data.samples import (
     IMAGE_SUFFIXES,
     index_masks,
@@ -154,6 +155,7 @@ class FolderDataModule(L.LightningDataModule):
         test_root: str | None = None,
         image_dir: str = "images",
         mask_dir: str | None = "masks",
+        aoi_mask: str | None = None,
         class_dirs: dict | None = None,
         manifest: str | None = "manifest.csv",
         split: Sequence[float] | None = None,
@@ -185,6 +187,7 @@ class FolderDataModule(L.LightningDataModule):
         self.root = Path(root)
         self.test_root = Path(test_root) if test_root else None
         self.image_dir, self.mask_dir = image_dir, mask_dir
+        self.aoi_mask = Path(aoi_mask) if aoi_mask else None
         self.class_dirs = {str(k): int(v) for k, v in (class_dirs or {"good": 0, "defect": 1}).items()}
         if sorted(set(self.class_dirs.values())) != [0, 1]:
             raise ConfigError(f"data.class_dirs must map folder names to labels 0 (good) and 1 (defect), "
@@ -230,6 +233,8 @@ class FolderDataModule(L.LightningDataModule):
         """All samples with splits assigned; raises DataError on a bad tree (before any decoding)."""
         if not self.root.is_dir():
             raise DataError(f"data root not found: {self.root} (set data.root)")
+        if self.aoi_mask is not None and not self.aoi_mask.is_file():
+            raise DataError(f"AOI mask not found: {self.aoi_mask} (data.aoi_mask)")
         samples = self._read_tree(self.root)
         explicit = [s.split is not None for s in samples]
         if self.test_root is not None:
@@ -254,10 +259,14 @@ class FolderDataModule(L.LightningDataModule):
             samples = read_manifest(manifest, root, self.class_dirs)
             if not samples:
                 raise DataError(f"manifest {manifest} lists no images")
+            if self.aoi_mask is not None:
+                samples = [replace(s, mask=self.aoi_mask) for s in samples]
             return samples
         samples = self._scan(root)
         if not samples:
             raise DataError(f"no images found under {root / self.image_dir}")
+        if self.aoi_mask is not None:  # one AOI for every image (fixed camera, fixed fixture)
+            samples = [replace(s, mask=self.aoi_mask) for s in samples]
         return samples
 
     def _scan(self, root: Path) -> list[Sample]:
@@ -274,7 +283,7 @@ class FolderDataModule(L.LightningDataModule):
             if folder.is_dir():
                 found += [(p, label) for p in sorted(folder.rglob("*"))
                           if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
-        if not found or not self.mask_dir:
+        if not found or not self.mask_dir or self.aoi_mask is not None:
             return [Sample(p, None, label) for p, label in found]
         masks = root / self.mask_dir
         if not masks.is_dir():
@@ -305,7 +314,7 @@ class FolderDataModule(L.LightningDataModule):
             stems[key] = s.image
         masks: dict[Path, Path] = {}
         for s in samples:
-            if s.mask is None:
+            if s.mask is None or self.aoi_mask is not None:  # one shared AOI is data.aoi_mask's point
                 continue
             key = Path(os.path.abspath(s.mask))
             if key in masks:
@@ -422,17 +431,17 @@ class FolderDataModule(L.LightningDataModule):
         """``manifest_out/data_manifest.csv``: image, mask, label, split (+ audit columns); atomic."""
         if self.manifest_out is None or not rank_zero_only.rank == 0:
             return None
-        self.manifest_out.mkdir(parents=True, exist_ok=True)
         extra_cols = list(dict.fromkeys(k for e in self.extra.values() for k in e))
-        path = self.manifest_out / MANIFEST_NAME
-        fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=self.manifest_out)
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["image", "mask", "label", "split", *extra_cols])
-            w.writeheader()
-            for s in sorted(samples, key=lambda s: (SPLITS.index(s.split), str(s.image))):
-                w.writerow({"image": self._rel(s.image), "mask": self._rel(s.mask), "label": s.label,
-                            "split": s.split, **self.extra.get(s.image, {})})
-        os.replace(tmp, path)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=["image", "mask", "label", "split", *extra_cols])
+                w.writeheader()
+                for s in sorted(samples, key=lambda s: (SPLITS.index(s.split), str(s.image))):
+                    w.writerow({"image": self._rel(s.image), "mask": self._rel(s.mask), "label": s.label,
+                                "split": s.split, **self.extra.get(s.image, {})})
+
+        path = atomic_write(self.manifest_out / MANIFEST_NAME, write)
         return path
 
     # ------------------------------------------------------------------ Lightning hooks

@@ -1,6 +1,11 @@
 """The folder layout that ceod's writers produce and ``data=folder`` reads, written atomically.
 
     OUT/images/{good,defect}/…   OUT/masks/{good,defect}/…   OUT/manifest.csv
+
+Written files and folders get the permissions of any new file (0666/0777 minus the umask), not the
+owner-only ones of ``tempfile`` — a shared cluster cache stays readable to the group. A temporary
+folder is named ``.OUT.tmp-<host>-<pid>-…``; one left by a killed writer (its process gone, or
+older than a day) is removed by the next writer of OUT.
 """
 
 from __future__ import annotations
@@ -8,31 +13,111 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import socket
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 CLASS_DIRS = {0: "good", 1: "defect"}
 
 
-@contextmanager
-def atomic_directory(out: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out`` holding the empty class folders; on success it
-    replaces ``out``, on any error it is removed — a reader never sees a half-written dataset."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+STALE_S = 24 * 3600
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _alive(pid: int) -> bool:
     try:
-        for cls in CLASS_DIRS.values():
-            (tmp / "images" / cls).mkdir(parents=True)
-            (tmp / "masks" / cls).mkdir(parents=True)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Remove ``.OUT.tmp-*`` folders beside ``out`` whose writer is gone (same host, dead pid) or that
+    are older than a day; → the removed paths."""
+    removed = []
+    host = socket.gethostname()
+    for p in out.parent.glob(f".{out.name}.tmp-*"):
+        parts = p.name[len(f".{out.name}.tmp-"):].rsplit("-", 2)
+        try:
+            dead = len(parts) == 3 and parts[0] == host and not _alive(int(parts[1]))
+            old = time.time() - p.stat().st_mtime > STALE_S
+        except (ValueError, OSError):
+            continue
+        if p.is_dir() and (dead or old):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def shared_permissions(path: Path) -> None:
+    """Give ``path`` (and, for a folder, everything in it) the permissions of a new file or folder."""
+    mask = _umask()
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for p in paths:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
+@contextmanager
+def atomic_directory(out: Path, class_dirs: bool = True) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out`` (holding the empty class folders unless ``class_dirs``
+    is false); on success it replaces ``out``, on any error it is removed — a reader never sees a
+    half-written dataset. Stale temporaries of killed writers are removed first."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{socket.gethostname()}-{os.getpid()}-", dir=out.parent))
+    try:
+        if class_dirs:
+            for cls in CLASS_DIRS.values():
+                (tmp / "images" / cls).mkdir(parents=True)
+                (tmp / "masks" / cls).mkdir(parents=True)
         yield tmp
+        shared_permissions(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path`` (shared
+    permissions); on any error the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        shared_permissions(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def require_empty(out: Path, overwrite: bool = False, flag: str = "--overwrite") -> None:
+    """Raise a DataError when ``out`` exists and is not empty (unless ``overwrite``)."""
+    from ceod.errors import DataError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output {out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise DataError(f"output folder {out} exists and is not empty (pass {flag})")
 
 
 def write_manifest(path: Path, rows: list[dict], fields: list[str]) -> None:

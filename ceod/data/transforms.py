@@ -25,7 +25,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ceod.data.layout import CLASS_DIRS, atomic_directory, write_manifest
+from ceod.data.layout import CLASS_DIRS, atomic_directory, require_empty, write_manifest
 from ceod.errors import ConfigError, DataError
 
 
@@ -128,6 +128,7 @@ def write_augmented_set(
     seed: int = 0,
     keep_originals: bool = True,
     overwrite: bool = False,
+    finalize: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``n`` images (8-bit PNG) + AOI masks + ``manifest.csv`` to ``out``; deterministic.
 
@@ -136,15 +137,15 @@ def write_augmented_set(
     source writes it unaugmented when ``keep_originals`` (if n ≥ number of sources), every other
     visit an augmentation seeded by (``seed``, output index). Each output inherits its source's
     split, so augmented copies never leak across splits; ``n`` < sources keeps a class-stratified
-    subset. Atomic: nothing half-written is left.
+    subset. ``finalize(tmp)`` may add files before the output appears. Atomic: nothing half-written
+    is left.
     """
     out = Path(out)
     if n < 1:
         raise ConfigError(f"the augmented set needs n ≥ 1 images, got {n}")
     if not items:
         raise DataError("no source images to augment")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise DataError(f"output folder {out} exists and is not empty (pass overwrite=True / --overwrite)")
+    require_empty(out, overwrite, "overwrite=True / --overwrite")
     rng = np.random.default_rng([seed, 11])
     # order: interleave the classes so any prefix is stratified
     by_label: dict[int, list[int]] = {}
@@ -175,4 +176,6 @@ def write_augmented_set(
             rows.append({"image": f"images/{rel}", "mask": f"masks/{rel}", "label": label, "split": split,
                          "source": name, "augmented": int(augmented)})
         write_manifest(tmp / "manifest.csv", rows, ["image", "mask", "label", "split", "source", "augmented"])
+        if finalize is not None:
+            finalize(tmp)
     return out

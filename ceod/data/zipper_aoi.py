@@ -60,8 +60,9 @@ def work_gray(image: torch.Tensor | np.ndarray, width: int = WORK_WIDTH) -> np.n
 
 
 def background(g: np.ndarray) -> np.ndarray:
-    """h×w bool: bright, flat pixels (the white background beyond the fabric)."""
-    k = max(3, g.shape[1] // 40)
+    """h×w bool: bright, flat pixels (the white background beyond the fabric); the window spans
+    several teeth, so bright teeth never pass as flat."""
+    k = max(9, g.shape[1] // 24)
     mean = ndimage.uniform_filter(g, k)
     sd = np.sqrt(np.clip(ndimage.uniform_filter(g * g, k) - mean * mean, 0, None))
     return (mean >= BG_LEVEL) & (sd <= BG_STD)
