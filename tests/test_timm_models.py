@@ -264,6 +264,92 @@ def test_weights_with_wrong_keys_name_them(tmp_path):
         TimmClassifier("resnet18", weights=str(tmp_path / "nope.safetensors"))
 
 
+@pytest.fixture(scope="module")
+def imagenet_b0(tmp_path_factory):
+    """An ImageNet-shaped (1000-class, random) EfficientNet-B0 state dict in a .safetensors file."""
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("weights") / "b0.safetensors"
+    save_file(timm.create_model("efficientnet_b0", num_classes=1000).state_dict(), str(path))
+    return path
+
+
+def test_local_weights_load_through_timm(imagenet_b0, monkeypatch, no_network):
+    """timm's own load_pretrained loads the file (its classifier drop and first-conv adaptation), nothing else."""
+    import timm.models._builder as builder
+
+    calls = []
+    original = builder.load_pretrained
+
+    def spy(model, pretrained_cfg=None, **kwargs):
+        calls.append((sorted(pretrained_cfg["state_dict"])[:1], pretrained_cfg["num_classes"], kwargs["in_chans"]))
+        return original(model, pretrained_cfg, **kwargs)
+
+    monkeypatch.setattr(builder, "load_pretrained", spy)
+    grey = TimmClassifier("efficientnet_b0", in_chans=1, weights=str(imagenet_b0))
+    assert calls == [(["blocks.0.0.bn1.bias"], 1000, 1)]
+    assert "state_dict" not in grey.backbone.pretrained_cfg  # no second copy of the weights kept alive
+    assert TimmClassifier("efficientnet_b0").weights_source is None and len(calls) == 1  # no weights: no load
+
+
+@pytest.mark.parametrize("in_chans", [3, 1])
+def test_normalisation_buffers_are_timms_pretrained_mean_std(imagenet_b0, in_chans):
+    model = TimmClassifier("efficientnet_b0", in_chans=in_chans, weights=str(imagenet_b0)).eval()
+    cfg = model.backbone.pretrained_cfg
+    mean, std = torch.tensor(cfg["mean"]), torch.tensor(cfg["std"])
+    if in_chans == 1:
+        mean, std = mean.mean(0, keepdim=True), std.mean(0, keepdim=True)
+    torch.testing.assert_close(model.input_mean, mean.view(1, -1, 1, 1))
+    torch.testing.assert_close(model.input_std, std.view(1, -1, 1, 1))
+    assert {"input_mean", "input_std"} <= set(model.state_dict())  # a checkpoint carries them
+    x = torch.rand(2, in_chans, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], model.backbone((x - model.input_mean) / model.input_std))
+    plain = TimmClassifier("efficientnet_b0", in_chans=in_chans).eval()  # no weights: no normalisation
+    assert plain.pretrained_normalization is None
+    assert plain.input_mean.eq(0).all() and plain.input_std.eq(1).all()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x)[0], plain.backbone(x))
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda s: s.pop("layer1.0.conv1.weight"), ["1 missing keys (layer1.0.conv1.weight)"]),
+    (lambda s: s.update(extra=torch.zeros(1)), ["1 unexpected keys (extra)"]),
+    (lambda s: s.update({"layer1.0.bn1.weight": torch.ones(7)}), ["1 shape mismatches (layer1.0.bn1.weight (7,)≠(64,))"]),
+    # a 2-class head is kept (strict load): timm raises instead of logging, still one line naming the key
+    (lambda s: s.update({"fc.weight": torch.zeros(2, 512), "fc.bias": torch.zeros(2), "extra": torch.zeros(1)}),
+     ["1 unexpected keys (extra)"]),
+])
+def test_missing_unexpected_or_misshaped_keys_are_one_config_error(tmp_path, edit, words):
+    state = timm.create_model("resnet18", pretrained=False).state_dict()
+    edit(state)
+    torch.save(state, tmp_path / "w.pth")
+    with pytest.raises(ConfigError) as e:
+        TimmClassifier("resnet18", weights=str(tmp_path / "w.pth"))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"weights {tmp_path / 'w.pth'} do not match resnet18: "), msg
+    assert all(w in msg for w in words), msg
+
+
+def test_eval_mode_restores_each_modules_own_mode():
+    from ceod.models.timm_backbone import eval_mode
+
+    net = nn.Sequential(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1), nn.Sequential(nn.BatchNorm2d(1)))
+    net[1].eval()  # e.g. a norm frozen by apply_finetune
+    before = [m.training for m in net.modules()]
+    with pytest.raises(RuntimeError), eval_mode(net):
+        assert not any(m.training for m in net.modules())
+        raise RuntimeError("restored even on error")
+    assert [m.training for m in net.modules()] == before == [True, True, False, True, True]
+
+
+def test_models_do_not_import_lightning():
+    code = ("import sys, ceod.models.timm_backbone, ceod.models.finetune, ceod.models.custom_cnn; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'hydra')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
 # ------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("overrides, words", [
     (["model.name=efficientnet_bo"], ["efficientnet_bo", "did you mean efficientnet_b0"]),
@@ -342,3 +428,60 @@ def test_fast_dev_run_efficientnet_b0(make_cfg, tiny_root, loss):
     results = train(cfg)
     assert {"train/loss", "test/auroc", "test/acc", "test/aoi_energy"} <= set(results)
     assert all(v == v for k, v in results.items() if k.startswith("train/"))
+
+
+# ------------------------------------------------------------------ the module from config
+def test_module_config_records_network_regime_loss_optimizer(make_cfg, imagenet_b0):
+    cfg = make_cfg("+experiment=efficientnet_b0", f"model.weights={imagenet_b0}", "finetune=transfer", "optimizer.lr=0.01")
+    module = instantiate(cfg.module)
+    hp = module.hparams
+    assert hp["model"]["_target_"] == "ceod.models.timm_backbone.TimmClassifier"
+    assert hp["model"]["name"] == "efficientnet_b0" and hp["model"]["in_chans"] == 3  # resolved, not ${data.channels}
+    assert hp["model"]["weights"] == str(imagenet_b0) and hp["finetune"]["regime"] == "transfer"
+    assert hp["loss"]["_target_"] == cfg.loss._target_ and hp["optimizer"] == {
+        "_target_": "torch.optim.Adamax", "_partial_": True, "lr": 0.01}
+    assert trainable(module.model) == {"backbone.classifier.weight", "backbone.classifier.bias"}  # frozen in __init__
+    opt = module.configure_optimizers()
+    assert isinstance(opt, torch.optim.Adamax) and opt.defaults["lr"] == 0.01
+    assert sum(len(g["params"]) for g in opt.param_groups) == 2
+    assert module.defect_class == module.loss.defect_class
+
+
+def test_checkpoint_says_what_it_is_and_rebuilds(make_cfg, tiny_root, tmp_path):
+    from ceod.module import CEODModule
+
+    cfg = make_cfg(f"data.root={tiny_root}", "+data.generator={n_good:24,n_defect:20}", "data.image_size=64",
+                   "data.batch_size=8", "trainer.accelerator=cpu", "trainer.max_epochs=1", "logger=none",
+                   "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false", "loss=ce")
+    train(cfg)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    hp = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]
+    assert hp["model"] == {"_target_": "ceod.models.custom_cnn.CustomCNN", "in_chans": 1, "num_classes": 2,
+                           "channels": [16, 16, 32, 32, 64, 64, 128, 128]}
+    assert hp["loss"]["omega"] == 0.0 and hp["optimizer"]["_target_"] == "torch.optim.Adamax"
+    assert hp["finetune"]["regime"] == "full"
+    module = CEODModule.load_from_checkpoint(ckpt, map_location="cpu").eval()  # nothing but the checkpoint
+    assert isinstance(module.model, CustomCNN) and module.loss.omega == 0.0
+    x = torch.rand(2, 1, 64, 64)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    again = CustomCNN(in_chans=1).eval()
+    again.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), again(x)[0])
+
+
+def test_pretrained_model_with_normalised_data_is_one_line(make_cfg, imagenet_b0):
+    cfg = make_cfg("model=efficientnet_b0", f"model.weights={imagenet_b0}")  # synthetic data: mean [0.45]
+    with pytest.raises(ConfigError) as e:
+        train(cfg)
+    assert one_line(e.value) == ("model efficientnet_b0 normalises its input with its pretrained mean/std: "
+                                 "set data.mean=null data.std=null (pixels in [0, 1])")
+
+
+def test_bad_argument_of_a_part_names_its_target(make_cfg):
+    cfg = make_cfg("+model.depth=3")
+    with pytest.raises(Exception) as e:
+        instantiate(cfg.module)
+    message = one_line(e.value)
+    assert message is not None and "\n" not in message, message
+    assert message.startswith("bad arguments for ceod.models.custom_cnn.CustomCNN (model): ") and "depth" in message
