@@ -8,7 +8,7 @@ the ranges a type cannot say. Keys not declared here pass through (their own con
 from __future__ import annotations
 
 import dataclasses
-import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -154,15 +154,22 @@ def validate(cfg: DictConfig) -> None:
 
 
 def check_data_root(data: dict) -> None:
-    """A generated dataset (``data.generator`` in its config) needs a data.root it can create or write."""
+    """A generated dataset (``data.generator`` in its config) needs a data.root it can create and write.
+
+    Tried, not inferred from permission bits (which say nothing for root or on network file systems).
+    """
     if "generator" not in data or not data.get("root"):
         return
     root = Path(data["root"]).absolute()
-    if root.is_dir() and ((root / "manifest.csv").is_file() or os.access(root, os.W_OK | os.X_OK)):
-        return
-    if root.exists() and not root.is_dir():
-        raise ConfigError(f"data.root={root} is a file, not a folder")
-    parent = root if root.exists() else next(p for p in root.parents if p.exists())
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"data.root={root}: cannot write the generated dataset there ({parent} is not writable); "
-                          "set data.root or CEOD_DATA_DIR to a writable folder")
+    if (root / "manifest.csv").is_file():
+        return  # already generated: read-only is fine
+    created = [p for p in (root, *root.parents) if not p.exists()]  # removed again: the generator makes them
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+        for folder in created:
+            folder.rmdir()
+    except OSError as e:
+        raise ConfigError(f"data.root={root}: cannot write the generated dataset there ({e.strerror}); "
+                          "set data.root or CEOD_DATA_DIR to a writable folder") from None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +53,52 @@ def make_cfg(tmp_path):
 
     yield _make
     GlobalHydra.instance().clear()
+
+
+def cli_env(cwd: Path, extra: dict | None = None) -> dict:
+    """The environment of a CLI run in ``cwd``: generated data cached in cwd/data, Hydra's one-line errors on."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "CEOD_RUN_ID")}  # own run folder
+    return {**env, "CEOD_DATA_DIR": str(cwd / "data"), **(extra or {})}
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """``run_cli(*args, module="ceod.train", cwd=tmp_path, env=None, timeout=300)`` → CompletedProcess.
+
+    The one way tests launch a ``python -m`` entry point (text output captured, never raises on exit code);
+    ``result.errors`` holds its ``error:`` lines.
+    """
+
+    def _run(*args: str, module: str = "ceod.train", cwd: Path | None = None, env: dict | None = None,
+             timeout: int = 300) -> subprocess.CompletedProcess:
+        cwd = Path(cwd or tmp_path)
+        r = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(cwd, env),
+                           capture_output=True, text=True, timeout=timeout)
+        r.errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]  # the one-line errors
+        return r
+
+    return _run
+
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """One tiny real run shared by the figures/predict/export tests: CE, 2 epochs, 80 images of 48 px,
+    figures every epoch, CSV + TensorBoard + offline W&B loggers. → (run dir, results)."""
+    import os
+
+    from ceod.train import train
+
+    tmp = tmp_path_factory.mktemp("trained")
+    old = {k: os.environ.get(k) for k in ("WANDB_MODE", "WANDB_SILENT")}
+    os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")
+    try:
+        cfg = compose_cfg(tmp, ["loss=ce", "logger=wandb", "trainer.max_epochs=2", "trainer.accelerator=cpu",
+                                "+data.generator={n_good:40,n_defect:40}", "data.image_size=48", "data.batch_size=16",
+                                "callbacks.figures.every_n_epochs=1", "trainer.enable_progress_bar=false"])
+        results = train(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return tmp / "run", results
