@@ -3,7 +3,7 @@
 * :class:`HeatMapFigures` — a fixed set of validation images (half defective) is scored at the end of
   every validation; the grids of the best epoch (by the checkpoint monitor) and of the last epoch are
   drawn when training ends (and every ``every_n_epochs`` epochs if set). At test: confusion matrix,
-  ROC curve and the most confident mistakes. PNGs go to ``<run dir>/figures/`` and to every logger that
+  ROC curve, the most confident mistakes, and ``test_scores.csv`` (path, label, P(defect) per image). PNGs go to ``<run dir>/figures/`` and to every logger that
   takes images (TensorBoard ``add_image``, W&B ``log_image``; CSV has none). Global rank 0 only.
 * :class:`InferenceRecord` — writes ``checkpoint["ceod_inference"]`` (model config, preprocessing,
   CAM score, defect class) so :mod:`ceod.predict` and :mod:`ceod.export` need nothing else.
@@ -150,7 +150,7 @@ class HeatMapFigures(Callback):
 
     # ------------------------------------------------------------------ test
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._test = {"label": [], "prob": [], "mistakes": []}
+        self._test = {"label": [], "prob": [], "path": [], "mistakes": []}
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if not trainer.is_global_zero:
@@ -161,6 +161,10 @@ class HeatMapFigures(Callback):
         label = batch["label"].cpu()
         self._test["label"] += label.tolist()
         self._test["prob"] += prob.tolist()
+        samples = getattr(getattr(trainer.test_dataloaders, "dataset", None), "samples", None)
+        index = batch.get("index") if isinstance(batch, dict) else None
+        self._test["path"] += ([str(samples[i].image) for i in index.tolist()] if samples is not None and index is not None
+                               else [""] * len(label))
         thr, heap = _threshold(pl_module), self._test["mistakes"]
         for i, (p, y) in enumerate(zip(prob.tolist(), label.tolist())):
             if (p >= thr) != bool(y):
@@ -176,6 +180,10 @@ class HeatMapFigures(Callback):
         if not trainer.is_global_zero or not self._test.get("label"):
             return
         labels, probs, thr, step = self._test["label"], self._test["prob"], _threshold(pl_module), trainer.global_step
+        from ceod.predict import write_csv
+
+        write_csv(self._dir(trainer) / "test_scores.csv", ["path", "label", "defect_score"],
+                  [(p, y, f"{s:.8f}") for p, y, s in zip(self._test["path"], labels, probs)])
         self.publish(trainer, "test_confusion", figures.confusion_figure(labels, probs, thr,
                                                                          f"test, threshold {thr:.2f}"), step)
         roc = figures.roc_figure(labels, probs, "test ROC")
