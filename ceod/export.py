@@ -82,6 +82,7 @@ def _to_onnx(model: nn.Module, example: Tensor, path: str) -> None:
 def _to_torchscript(model: nn.Module, example: Tensor, path: str) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated": still what C++/mobile load
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks: the input size is fixed
         traced = torch.jit.trace(model, (example,), check_trace=False)
         torch.jit.save(traced, path)
 
