@@ -137,8 +137,8 @@ def tables(runs: list[Run], seed_keys: tuple[str, ...]) -> tuple[str, list[list[
             stats = []
             for m in METRICS:
                 vals = [r.metrics[m] for r in members if m in r.metrics]
-                stats += [f"{statistics.mean(vals):.6f}" if vals else "",
-                          f"{statistics.stdev(vals):.6f}" if len(vals) > 1 else ""]
+                stats += [f"{statistics.mean(vals):.8g}" if vals else "",
+                          f"{statistics.stdev(vals):.8g}" if len(vals) > 1 else ""]
             swept_text = " ".join(f"{k}={v}" for k, v in zip(swept, values))
             rows.append([dataset, swept_text, str(len(members)), *stats, ";".join(str(r.path) for r in members)])
         md.append("")
