@@ -302,6 +302,11 @@ def test_normalisation_buffers_are_timms_pretrained_mean_std(imagenet_b0, in_cha
     torch.testing.assert_close(model.input_mean, mean.view(1, -1, 1, 1))
     torch.testing.assert_close(model.input_std, std.view(1, -1, 1, 1))
     assert {"input_mean", "input_std"} <= set(model.state_dict())  # a checkpoint carries them
+    rebuilt = TimmClassifier("efficientnet_b0", in_chans=in_chans)  # as predict/export rebuild it: no weights file
+    rebuilt.load_state_dict(model.state_dict())
+    torch.testing.assert_close(rebuilt.input_mean, model.input_mean)
+    older = {k: v for k, v in model.state_dict().items() if not k.startswith("input_")}  # before they existed
+    rebuilt.load_state_dict(older)  # strict, still loads (the normalisation then stays as it was)
     x = torch.rand(2, in_chans, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(x)[0], model.backbone((x - model.input_mean) / model.input_std))

@@ -226,6 +226,11 @@ class TimmClassifier(nn.Module):
         feats = self._needs_grad(self.backbone.forward_features(x))
         return self.backbone.forward_head(feats), feats
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        for name in ("input_mean", "input_std"):  # checkpoints from before the normalisation moved inside
+            state_dict.setdefault(prefix + name, getattr(self, name))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, in_chans={self.in_chans}, cam_layer={self.cam_layer or 'forward_features'!r}, "
                 f"analytic_cam={self._analytic}, weights={self.weights_source!r}")
