@@ -33,6 +33,16 @@ def tiny_root(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp("data") / "tiny", config_for("synthetic_zipper", **TINY))
 
 
+MICRO = dict(n_good=16, n_defect=16, size=32)
+MICRO_OVERRIDES = ("+data.generator={n_good:16,n_defect:16}", "data.image_size=32", "data.batch_size=4")
+
+
+@pytest.fixture(scope="session")
+def micro_root(tmp_path_factory) -> Path:
+    """A micro synthetic_zipper dataset (32 images, 32 px) for run-lifecycle tests; use with MICRO_OVERRIDES."""
+    return generate(tmp_path_factory.mktemp("data") / "micro", config_for("synthetic_zipper", **MICRO))
+
+
 def compose_cfg(tmp_path: Path, overrides: list[str] | None = None):
     """The train config as `python -m ceod.train` would see it, outputs under tmp_path."""
     GlobalHydra.instance().clear()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import MICRO_OVERRIDES
 from omegaconf import open_dict
 
 from ceod.errors import ConfigError
@@ -15,12 +16,11 @@ from ceod.train import one_line, run, train
 
 
 @pytest.fixture
-def tiny_cfg(make_cfg, tiny_root, tmp_path):
+def tiny_cfg(make_cfg, micro_root, tmp_path):
     """``tiny_cfg(out, *overrides)``: a fast deterministic CPU run on the tiny set, writing to tmp_path/out."""
 
     def _make(out: str, *overrides: str):
-        cfg = make_cfg(f"data.root={tiny_root}", "+data.generator={n_good:24,n_defect:20}", "data.image_size=64",
-                       "data.batch_size=8", "trainer.accelerator=cpu", "trainer.deterministic=true",
+        cfg = make_cfg(f"data.root={micro_root}", *MICRO_OVERRIDES, "trainer.accelerator=cpu", "trainer.deterministic=true",
                        "trainer.enable_progress_bar=false", "callbacks.figures=null", "logger=none", *overrides)
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / out)
@@ -57,16 +57,17 @@ def test_changed_config_does_not_resume(tiny_cfg, tmp_path):
 
 def test_fast_dev_run_leaves_no_resumable_checkpoint(tiny_cfg, tmp_path):
     """Defect 1b: fast_dev_run writes no last.ckpt; the next real run trains."""
-    train(tiny_cfg("run", "trainer.fast_dev_run=true"))
+    train(tiny_cfg("run", "trainer.fast_dev_run=true", "test=false"))
     assert not list((tmp_path / "run").glob("checkpoints/*.ckpt"))
-    train(tiny_cfg("run", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "test=false"))
+    train(tiny_cfg("run", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                   "test=false"))
     assert _ckpt(tmp_path / "run")["global_step"] == 2
 
 
 def test_last_checkpoint_is_the_last_epoch_not_the_best(tiny_cfg, tmp_path):
     """Defect 3: with no improvement after epoch 0 (lr ≈ 0), last.ckpt is still epoch 2; best stays epoch 0."""
-    train(tiny_cfg("run", "optimizer.lr=1e-12", "trainer.max_epochs=3", "trainer.limit_train_batches=1",
-                   "test=false"))
+    train(tiny_cfg("run", "finetune=transfer", "optimizer.lr=1e-12", "trainer.max_epochs=3",  # BN frozen too
+                   "trainer.limit_train_batches=1", "test=false"))
     out = tmp_path / "run"
     last = _ckpt(out)
     assert last["epoch"] == 2 and last["global_step"] == 3
@@ -76,18 +77,18 @@ def test_last_checkpoint_is_the_last_epoch_not_the_best(tiny_cfg, tmp_path):
 
 
 def test_resumed_run_equals_uninterrupted_run(tiny_cfg, tmp_path):
-    """Defect 4: 1 epoch, then resumed to 3 == 3 epochs at once — weights bitwise, metrics and csv history."""
+    """Defect 4: 1 epoch, then resumed to 2 == 2 epochs at once — weights bitwise, metrics and csv history."""
     logs = ("logger=default", "logger.tensorboard=null", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2",
             "trainer.limit_test_batches=2")
-    full = train(tiny_cfg("full", *logs, "trainer.max_epochs=3"))
+    full = train(tiny_cfg("full", *logs, "trainer.max_epochs=2"))
     train(tiny_cfg("split", *logs, "trainer.max_epochs=1", "test=false"))
-    resumed = train(tiny_cfg("split", *logs, "trainer.max_epochs=3"))
+    resumed = train(tiny_cfg("split", *logs, "trainer.max_epochs=2"))
     a, b = _ckpt(tmp_path / "full")["state_dict"], _ckpt(tmp_path / "split")["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     for key in ("test/auroc", "test/acc", "best/val/auroc"):
         assert resumed[key] == full[key], key
-    assert _val_rows(tmp_path / "split") == _val_rows(tmp_path / "full")  # epochs 0..2, none lost
-    assert len(_val_rows(tmp_path / "full")) == 3
+    assert _val_rows(tmp_path / "split") == _val_rows(tmp_path / "full")  # epochs 0 and 1, none lost
+    assert len(_val_rows(tmp_path / "full")) == 2
 
 
 @pytest.mark.parametrize("override, culprit", [
