@@ -172,7 +172,7 @@ def one_line(e: BaseException) -> str | None:
     """
     from hydra.errors import ConfigCompositionException
     from lightning.fabric.utilities.exceptions import MisconfigurationException
-    from omegaconf.errors import ConfigKeyError
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     wrapped, e = isinstance(e, InstantiationException), _unwrap(e)
     if isinstance(e, CeodError):
@@ -188,7 +188,7 @@ def one_line(e: BaseException) -> str | None:
     if isinstance(e, MissingConfigException):
         options = f" (available: {', '.join(e.options)})" if getattr(e, "options", None) else ""
         return _first(e) + options
-    if isinstance(e, ConfigCompositionException) and isinstance(e.__cause__, ConfigKeyError):
+    if isinstance(e, ConfigCompositionException) and isinstance(e.__cause__, (ConfigKeyError, ConfigAttributeError)):
         key = e.__cause__.full_key
         return f"{_first(e)} {_first(e.__cause__)} (to add a new key: +{key}=...)"
     if isinstance(e, (HydraException, OmegaConfBaseException)):

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
 
 from ceod.models.custom_cnn import CustomCNN
-from ceod.train import train
-
-REPO = Path(__file__).resolve().parents[1]
+from ceod.train import one_line, train
 
 
 def test_custom_cnn_parameter_count_and_outputs():
@@ -56,24 +50,18 @@ def test_experiments_compose(make_cfg, experiment):
     assert cfg.trainer.max_epochs == 3 and cfg.data.batch_size == 16
 
 
-def _cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CEOD_DATA_DIR": str(cwd / "data")}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", "ceod.train", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
 @pytest.mark.slow
-def test_cli_end_to_end(tmp_path):
-    r = _cli("trainer.max_epochs=2", "+data.generator={n_good:20,n_defect:20}", "data.image_size=64",
-             "data.batch_size=16", "trainer.accelerator=cpu", "hydra.run.dir=out", cwd=tmp_path)
+def test_cli_end_to_end(run_cli, tmp_path):
+    r = run_cli("trainer.max_epochs=2", "+data.generator={n_good:20,n_defect:20}", "data.image_size=64",
+                "data.batch_size=16", "trainer.accelerator=cpu", "hydra.run.dir=out")
     assert r.returncode == 0, r.stderr[-3000:]
     for key in ("accuracy", "AUROC", "F1", "AOI energy", "confusion matrix"):
         assert key in r.stdout
     out = tmp_path / "out"
     assert (out / "config.yaml").is_file() and (out / ".hydra" / "overrides.yaml").is_file()
-    assert list((out / "checkpoints").glob("*.ckpt"))
+    assert (out / "checkpoints" / "last.ckpt").is_file() and len(list((out / "checkpoints").glob("*.ckpt"))) == 2
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert "test results" in (out / "train.log").read_text() and not (out / "FAILED").exists()
     with open(out / "csv" / "metrics.csv") as f:
         cols = next(csv.reader(f))
     assert {"val/auroc", "test/auroc", "train/od", "train/ce", "val/aoi_energy"} <= set(cols)
@@ -83,28 +71,39 @@ def test_cli_end_to_end(tmp_path):
 @pytest.mark.parametrize("args, culprit", [
     (["trainer.max_epoch=3"], "trainer.max_epoch"),
     (["data=nosuch"], "data/nosuch"),
+    (["loss.variant=cube"], "loss.variant"),
+    (["+loss.foo=1"], "loss.foo"),
+    (["data.mean=[0.5,0.5]"], "data.mean"),
     (["data=folder", "data.root=/nonexistent/ceod"], "/nonexistent/ceod"),
     (["data=folder"], "data.root"),
-    (["loss.variant=cube"], "loss.variant"),
-    (["+loss.foo=1"], "ceod.loss.CEODLoss"),
     (["train=false"], "ckpt_path"),
     (["ckpt_path=/nonexistent/x.ckpt"], "/nonexistent/x.ckpt"),
-    (["data.mean=[0.5,0.5]"], "data.mean"),
+    (["trainer.precision=banana"], "precision"),
+    (["logger.csv.bogus=1"], "logger.csv"),
 ])
-def test_bad_input_is_one_line(tmp_path, args, culprit):
-    r = _cli(*args, "hydra.run.dir=out", cwd=tmp_path, timeout=120)
-    assert r.returncode == 2
-    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and culprit in errors[0], r.stderr[-2000:]
-    assert "Traceback" not in r.stderr
+def test_bad_input_is_one_line(make_cfg, args, culprit):
+    """In-process: composing or running fails, and one_line (what the CLI prints) names the culprit."""
+    with pytest.raises(Exception) as err:
+        cfg = make_cfg("trainer.accelerator=cpu", "trainer.fast_dev_run=true", *args)
+        train(cfg)
+    line = one_line(err.value)
+    assert line is not None and "\n" not in line and culprit in line, (line, repr(err.value))
 
 
-def test_empty_image_folder_is_one_line(tmp_path):
+def test_cli_errors_are_one_line_with_exit_code_2(run_cli, tmp_path):
+    """The CLI wiring: a composition error and a run-time error each print one error line, exit 2, no traceback."""
+    for args, culprit in ((["trainer.max_epoch=3"], "trainer.max_epoch"), (["data.batch_size=abc"], "data.batch_size")):
+        r = run_cli(*args, "hydra.run.dir=out", timeout=120)
+        assert r.returncode == 2 and len(r.errors) == 1 and culprit in r.errors[0], r.stderr[-2000:]
+        assert "Traceback" not in r.stderr
+    assert "data.batch_size" in (tmp_path / "out" / "FAILED").read_text()  # the failed run is marked
+
+
+def test_empty_image_folder_is_one_line(make_cfg, tmp_path):
     (tmp_path / "ds" / "images" / "good").mkdir(parents=True)
-    r = _cli("data=folder", f"data.root={tmp_path / 'ds'}", "hydra.run.dir=out", cwd=tmp_path, timeout=120)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert [ln for ln in r.stderr.splitlines() if ln.startswith("error:")] == [
-        f"error: no images found under {tmp_path / 'ds' / 'images'}"]
+    with pytest.raises(Exception) as err:
+        train(make_cfg("data=folder", f"data.root={tmp_path / 'ds'}", "trainer.accelerator=cpu"))
+    assert one_line(err.value) == f"no images found under {tmp_path / 'ds' / 'images'}"
 
 
 def test_generator_list_values_and_requeue_resume(make_cfg, tmp_path, capsys):
