@@ -118,24 +118,26 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
 def resume_checkpoint(cfg: DictConfig, out_dir: Path, record: dict) -> tuple[str | None, dict | None]:
     """(checkpoint path, its contents) the run starts from, or (None, None) for a fresh start.
 
-    ``ckpt_path`` set: that file (any config — an explicit choice). Else ``<run dir>/checkpoints/last.ckpt``
-    when training, not under fast_dev_run, and written by this config (``resume=force``: by any config).
+    ``ckpt_path`` set: that file (any config — an explicit choice). Else the newer of
+    ``<run dir>/checkpoints/last.ckpt`` and Lightning's SLURM ``<run dir>/hpc_ckpt_N.ckpt``, when training, not
+    under fast_dev_run, and written by this config (``resume=force``: by any config).
     """
     resume = cfg.get("resume", "auto")
     if cfg.get("ckpt_path") is not None:
         if cfg.ckpt_path in ("last", "best", "hpc"):
             return cfg.ckpt_path, None
         return str(cfg.ckpt_path), read_checkpoint(cfg.ckpt_path)
-    last = out_dir / "checkpoints" / "last.ckpt"
-    if not cfg.get("train", True) or cfg.trainer.get("fast_dev_run") or not last.is_file():
+    found = [p for p in (out_dir / "checkpoints" / "last.ckpt", *out_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+    if not cfg.get("train", True) or cfg.trainer.get("fast_dev_run") or not found:
         return None, None
-    ckpt = read_checkpoint(last, "the run folder's last.ckpt")
+    last = max(found, key=lambda p: p.stat().st_mtime)  # Lightning's SLURM requeue (sbatch) writes hpc_ckpt_N
+    ckpt = read_checkpoint(last, f"the run folder's {last.name}")
     old = ckpt.get("ceod_run", {}).get("config")
     if resume != "force" and (old is None or config_hash(old) != config_hash(record)):
         what = "; ".join(changed_keys(old, record)[:4]) if old is not None else "no config recorded"
         raise RunFolderConflict(
             f"run folder {out_dir} holds a run of another config ({what}): start fresh in a new folder "
-            f"(hydra.run.dir=<new dir>, or delete {last.parent}) or resume it anyway with resume=force")
+            f"(hydra.run.dir=<new dir>, or delete {out_dir / 'checkpoints'}) or resume it anyway with resume=force")
     return str(last), ckpt
 
 

@@ -1,38 +1,38 @@
-"""Real launchers, no mocks: DDP over 2 CPU processes (gloo), Hydra multirun via submitit_local, W&B offline."""
+"""Real launchers, no mocks: DDP over 2 CPU processes (gloo), Hydra multirun via submitit_local, the SLURM
+script submitit writes, W&B offline, kill -9 and resume, concurrent launches."""
 
 from __future__ import annotations
 
+import csv
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from conftest import cli_env
 
 TINY = ["data.generator={n_good:16,n_defect:16}", "data.image_size=48", "data.batch_size=8", "trainer.accelerator=cpu"]
-
-
-def _cli(*args: str, cwd: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "CEOD_DATA_DIR": str(cwd / "data"), **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", "ceod.train", *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+QUIET = ["trainer.enable_progress_bar=false", "callbacks.figures=null"]
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_with_ceod(tmp_path):
-    r = _cli("trainer=ddp_cpu", "trainer.max_epochs=1", "loss=ceod", *TINY, "hydra.run.dir=out", cwd=tmp_path)
+def test_ddp_two_cpu_processes_with_ceod(run_cli, tmp_path):
+    r = run_cli("trainer=ddp_cpu", "trainer.max_epochs=1", "loss=ceod", *TINY, *QUIET, "hydra.run.dir=out")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in r.stdout + r.stderr
     assert r.stdout.count("test results") == 1  # printed by rank 0 only
-    assert list((tmp_path / "out" / "checkpoints").glob("*.ckpt"))
+    assert (tmp_path / "out" / "checkpoints" / "last.ckpt").is_file()
 
 
 @pytest.mark.slow
-def test_multirun_with_submitit_local(tmp_path):
-    r = _cli("-m", "hydra/launcher=local", "loss=ce,ceod", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-             "trainer.limit_val_batches=1", "logger=none", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path, timeout=400)
+def test_multirun_with_submitit_local(run_cli, tmp_path):
+    r = run_cli("-m", "hydra/launcher=local", "loss=ce,ceod", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                "trainer.limit_val_batches=1", "logger=none", *TINY, *QUIET, "hydra.sweep.dir=sweep", timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
     omegas = sorted(yaml.safe_load((tmp_path / "sweep" / str(i) / "config.yaml").read_text())["loss"]["omega"]
                     for i in (0, 1))
@@ -41,29 +41,86 @@ def test_multirun_with_submitit_local(tmp_path):
 
 
 @pytest.mark.slow
-def test_wandb_offline_logger(tmp_path):
-    r = _cli("logger=wandb", "logger.wandb.offline=true", "trainer.max_epochs=1", *TINY, "hydra.run.dir=out",
-             cwd=tmp_path, env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+def test_wandb_offline_logger(run_cli, tmp_path):
+    r = run_cli("logger=wandb", "logger.wandb.offline=true", "trainer.max_epochs=1", *TINY, *QUIET, "hydra.run.dir=out",
+                env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
     assert r.returncode == 0, r.stderr[-3000:]
     runs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     assert (tmp_path / "out" / "csv" / "metrics.csv").is_file()  # CSV still written beside W&B
 
 
-def test_run_id_is_fixed_per_launch_and_named_by_slurm_job(monkeypatch):
-    import time
+def _fake_slurm(bin_dir: Path, keep: Path) -> dict:
+    """`srun`/`sbatch` stand-ins: sbatch keeps the script it is given and refuses it (nothing runs)."""
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" "{keep}"\necho "sbatch: refused by the test" >&2\nexit 1\n')
+    for tool in ("srun", "sbatch"):
+        (bin_dir / tool).chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
-    from ceod.train import run_id
 
-    for var in ("CEOD_RUN_ID", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
-        monkeypatch.delenv(var, raising=False)
-    first = run_id()
-    time.sleep(1.1)
-    assert run_id() == first  # every job of a sweep lands in the same folder
-    monkeypatch.delenv("CEOD_RUN_ID")
-    monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    assert run_id() == "slurm-4242"  # a requeued job finds its own folder again
-    monkeypatch.delenv("CEOD_RUN_ID")
-    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
-    assert run_id() == "slurm-77_3"
+@pytest.mark.slow
+def test_paper_sweep_on_slurm_writes_the_sbatch_script(run_cli, tmp_path):
+    """`+sweep=paper hydra/launcher=slurm`: one array job over the 60 grid points, 4 tasks + 4 GPUs per node,
+    srun, USR2 before the time limit (submitit requeues), --requeue; hydra.launcher.nodes=2 gives 2 nodes."""
+    for nodes in (2,):
+        script = tmp_path / f"sbatch_{nodes}.sh"
+        r = run_cli("+sweep=paper", "hydra/launcher=slurm", "trainer=slurm", f"hydra.launcher.nodes={nodes}",
+                    "hydra.launcher.partition=gpu", f"hydra.sweep.dir=sweep{nodes}",
+                    env=_fake_slurm(tmp_path / f"bin{nodes}", script), timeout=180)
+        assert script.is_file(), r.stderr[-3000:]
+        text = script.read_text()
+        for line in (f"#SBATCH --nodes={nodes}", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
+                     "#SBATCH --requeue", "#SBATCH --partition=gpu"):
+            assert line in text.splitlines(), (line, text)
+        assert re.search(r"^#SBATCH --array=0-59(%\d+)?$", text, re.M)  # 5 omegas x 2 models x 2 regimes x 3 seeds
+        assert re.search(r"^#SBATCH --signal=USR2@\d+$", text, re.M)
+        assert re.search(r"^srun .*python\S* -u -m submitit\.core\._submit", text, re.M)
+
+
+def _test_table(stdout: str) -> list[str]:
+    lines = stdout.splitlines()
+    start = lines.index("test results")
+    return lines[start:start + 12]
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "csv" / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in r.items() if v != "" and not k.startswith("train/")} for r in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_uninterrupted(run_cli, tmp_path):
+    """Defect 4 for real: SIGKILL after epoch 0's checkpoint, rerun the same command → same results as a run
+    never interrupted (deterministic CPU), and metrics.csv keeps every epoch's rows."""
+    args = [*TINY, *QUIET, "trainer.deterministic=true", "trainer.max_epochs=3", "logger.tensorboard=null"]
+    full = run_cli(*args, "hydra.run.dir=full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    cmd = [sys.executable, "-m", "ceod.train", *args, "hydra.run.dir=killed"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while proc.poll() is None and not last.is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    assert proc.wait() == -9, "the run ended before it could be killed"
+    assert torch.load(last, weights_only=False)["epoch"] < 2
+    resumed = run_cli(*args, "hydra.run.dir=killed")
+    assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stderr[-3000:]
+    assert _test_table(resumed.stdout) == _test_table(full.stdout)
+    assert _rows(tmp_path / "killed") == _rows(tmp_path / "full")
+
+
+@pytest.mark.slow
+def test_two_concurrent_launches_get_two_folders(tmp_path):
+    """Defect 2: launches in the same second write to two run folders (time to the ms + random suffix)."""
+    cmd = [sys.executable, "-m", "ceod.train", *TINY, *QUIET, "trainer.fast_dev_run=true", "test=false"]
+    env = cli_env(tmp_path)
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    folders = sorted((tmp_path / "outputs" / "train").iterdir())
+    assert len(folders) == 2 and all((f / "config.yaml").is_file() for f in folders)
