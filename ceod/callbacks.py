@@ -1,8 +1,8 @@
 """Lightning callbacks: heat-map figures for every logger, and the inference record in checkpoints.
 
-* :class:`HeatMapFigures` — a fixed set of validation images (half defective) is scored at the end of
-  every validation; the grids of the best epoch (by the checkpoint monitor) and of the last epoch are
-  drawn when training ends (and every ``every_n_epochs`` epochs if set). At test: confusion matrix,
+* :class:`HeatMapFigures` — grids of a fixed set of validation images (half defective) for the best
+  checkpoint (the checkpoint monitor's) and the last epoch, drawn when training ends (nothing runs per
+  epoch), and every ``every_n_epochs`` epochs if set. At test: confusion matrix,
   ROC curve, the most confident mistakes, and ``test_scores.csv`` (path, label, P(defect) per image). PNGs go to ``<run dir>/figures/`` and to every logger that
   takes images (TensorBoard ``add_image``, W&B ``log_image``; CSV has none). Global rank 0 only.
 * :class:`InferenceRecord` — writes ``checkpoint["ceod_inference"]`` (model config, preprocessing,
@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import heapq
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,13 @@ def plain(value: Any) -> Any:
     return value
 
 
-def defect_heat(pl_module: L.LightningModule, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(P(defect) B, Grad-CAM heat of the defect class B×H×W) for B×C×H×W images, detached on the CPU."""
+def defect_heat(model: torch.nn.Module, pl_module: L.LightningModule,
+                images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P(defect) B, Grad-CAM heat of the defect class B×H×W) of ``model`` for B×C×H×W images, detached on
+    the CPU; defect class and CAM score are ``pl_module``'s."""
     from ceod.predict import score_images
 
-    prob, heat = score_images(pl_module.model, images, int(getattr(pl_module, "defect_class", 1)),
+    prob, heat = score_images(model, images, int(getattr(pl_module, "defect_class", 1)),
                               getattr(getattr(pl_module, "loss", None), "cam_score", "logit"))
     return prob.cpu(), heat.cpu()
 
@@ -56,9 +59,6 @@ class HeatMapFigures(Callback):
         self.every_n_epochs, self.n_images, self.n_mistakes = every_n_epochs, n_images, n_mistakes
         self.ncols, self.dirname, self.dpi = ncols, dirname, dpi
         self._fixed: dict[str, torch.Tensor] | None = None
-        self._best_value: float | None = None
-        self._best: tuple[int, dict] | None = None
-        self._last: tuple[int, dict] | None = None
         self._test: dict[str, list] = {}
         self.written: list[Path] = []
 
@@ -87,8 +87,10 @@ class HeatMapFigures(Callback):
             self._fixed = {k: torch.stack([torch.as_tensor(p[k]) for p in picked]) for k in ("image", "mask", "label")}
         return self._fixed
 
-    def _snapshot(self, pl_module: L.LightningModule, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        prob, heat = defect_heat(pl_module, batch["image"].to(pl_module.device))
+    def _snapshot(self, model: torch.nn.Module, pl_module: L.LightningModule,
+                  batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """P(defect) and heat of ``model`` (eval mode) on ``batch``, with the images, as numpy arrays."""
+        prob, heat = defect_heat(model, pl_module, batch["image"].to(pl_module.device))
         return {"image": batch["image"].float().numpy(), "mask": batch["mask"].float().numpy(),
                 "label": batch["label"].numpy(), "prob": prob.numpy(), "heat": heat.numpy()}
 
@@ -112,41 +114,46 @@ class HeatMapFigures(Callback):
         return path
 
     # ------------------------------------------------------------------ validation
-    def _improved(self, trainer: L.Trainer) -> bool:
-        cb = trainer.checkpoint_callback
-        monitor = getattr(cb, "monitor", None)
-        value = trainer.callback_metrics.get(monitor) if monitor else None
-        if value is None:
-            return False
-        value = float(value)
-        better = self._best_value is None or (value < self._best_value if cb.mode == "min" else value > self._best_value)
-        if better:
-            self._best_value = value
-        return better
-
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != TrainerFn.FITTING:
+        """Only with ``every_n_epochs``: a grid of this epoch (best and last are drawn at the end of training)."""
+        if (trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != TrainerFn.FITTING
+                or not self.every_n_epochs or (trainer.current_epoch + 1) % self.every_n_epochs):
             return
         batch = self._fixed_batch(trainer)
-        if batch is None:
-            return
-        epoch = trainer.current_epoch
-        snap = self._snapshot(pl_module, batch)
-        if self._improved(trainer):
-            self._best = (epoch, snap)
-        self._last = (epoch, snap)
-        if self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0:
-            fig = self._grid(pl_module, snap, f"validation, epoch {epoch}")
+        if batch is not None:
+            epoch = trainer.current_epoch
+            fig = self._grid(pl_module, self._snapshot(pl_module.model, pl_module, batch), f"validation, epoch {epoch}")
             self.publish(trainer, f"val_heatmaps_epoch{epoch:03d}", fig, trainer.global_step)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
+        """Grids of the last epoch (the weights now) and of the best checkpoint (loaded into a copy)."""
+        batch = self._fixed_batch(trainer) if trainer.is_global_zero else None
+        if batch is None:
             return
-        for kind, entry in (("best", self._best), ("last", self._last)):
-            if entry is not None:
-                epoch, snap = entry
-                fig = self._grid(pl_module, snap, f"validation, {kind} epoch ({epoch})")
-                self.publish(trainer, f"val_heatmaps_{kind}", fig, trainer.global_step)
+        modes = {m: m.training for m in pl_module.modules()}
+        pl_module.eval()
+        try:
+            last = self._snapshot(pl_module.model, pl_module, batch)
+            best_path = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
+            best_epoch, best = None, None
+            if Path(best_path).is_file():
+                ckpt = torch.load(best_path, map_location="cpu", weights_only=True)
+                best_epoch = int(ckpt.get("epoch", -1))
+                if best_epoch != trainer.current_epoch:
+                    net = copy.deepcopy(pl_module.model)
+                    net.load_state_dict({k[len("model."):]: v for k, v in ckpt["state_dict"].items()
+                                         if k.startswith("model.")})
+                    best = self._snapshot(net.eval(), pl_module, batch)
+                    del net
+        finally:
+            for m, mode in modes.items():
+                m.train(mode)
+        step = trainer.global_step
+        if best_epoch is not None:
+            fig = self._grid(pl_module, best if best is not None else last, f"validation, best epoch ({best_epoch})")
+            self.publish(trainer, "val_heatmaps_best", fig, step)
+        fig = self._grid(pl_module, last, f"validation, last epoch ({trainer.current_epoch})")
+        self.publish(trainer, "val_heatmaps_last", fig, step)
 
     # ------------------------------------------------------------------ test
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -195,7 +202,7 @@ class HeatMapFigures(Callback):
             return
         batch = {"image": torch.stack([m[1] for m in mistakes]), "mask": torch.stack([m[2] for m in mistakes]),
                  "label": torch.stack([m[3] for m in mistakes])}
-        fig = self._grid(pl_module, self._snapshot(pl_module, batch), "test: most confident mistakes")
+        fig = self._grid(pl_module, self._snapshot(pl_module.model, pl_module, batch), "test: most confident mistakes")
         self.publish(trainer, "test_mistakes", fig, step)
 
 
