@@ -135,3 +135,14 @@ def test_no_graph_when_omega_is_zero():
                               head_weight=model.cam_head_weight)
     ce = torch.nn.functional.cross_entropy(logits, torch.tensor([1, 0]))
     assert torch.equal(out.total, ce)
+
+
+def test_youden_threshold_hand_computed():
+    from ceod.metrics import youden_threshold
+
+    prob = torch.tensor([0.1, 0.3, 0.35, 0.8, 0.9])
+    target = torch.tensor([0, 0, 1, 1, 1])
+    t = youden_threshold(prob, target)
+    assert 0.3 < t < 0.35  # every defect above, every good below: J = 1
+    assert ((prob > t).long() == target).all() and ((prob >= t).long() == target).all()
+    assert youden_threshold(prob, torch.ones(5, dtype=torch.long)) == 0.5

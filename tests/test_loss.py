@@ -198,3 +198,59 @@ def test_loss_is_fp32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = ceod_loss(logits.bfloat16(), torch.tensor([1, 0, 1, 1]), heat.bfloat16(), mask, omega=1.0)
     assert out.total.dtype == torch.float32 and torch.isfinite(out.total)
+
+
+def test_unknown_or_mistyped_option_names_its_key():
+    with pytest.raises(ConfigError, match="loss\\.omgea"):
+        CEODLoss(omgea=0.1)
+    with pytest.raises(ConfigError, match="loss\\.omega"):
+        CEODLoss(omega="abc")
+    with pytest.raises(ConfigError, match="loss\\.heat_sign"):
+        CEODLoss(heat_sign="square")
+    with pytest.raises(ConfigError, match="loss\\.resolution"):
+        CEODLoss(resolution="half")
+
+
+def test_omega_warmup_ramps_linearly():
+    from ceod.loss import CEODOptions
+
+    o = CEODOptions(omega=2.0, omega_warmup_steps=4)
+    assert [o.omega_at(s) for s in (0, 1, 3, 10)] == [0.5, 1.0, 2.0, 2.0]
+    assert o.omega_at(None) == 2.0 and CEODOptions(omega=2.0).omega_at(0) == 2.0
+    logits, heat, mask = _batch(torch.float64)
+    target = torch.tensor([1, 0, 1, 1])
+    early = ceod_loss(logits, target, heat, mask, o, step=0)
+    late = ceod_loss(logits, target, heat, mask, o, step=100)
+    assert (early.total - early.ce).item() == pytest.approx((late.total - late.ce).item() / 4)
+
+
+def test_abs_heat_sees_evidence_against_the_class():
+    from ceod.cam import grad_cam
+
+    feats = torch.zeros(1, 2, 4, 4, dtype=torch.float64)
+    feats[0, 0, 0, 0] = 1.0  # channel 0 fires outside, with a negative weight: invisible to ReLU
+    feats[0, 1, 3, 3] = 1.0
+    w = torch.tensor([[0.0, 0.0], [-2.0, 1.0]], dtype=torch.float64)
+    relu = grad_cam(feats, head_weight=w)
+    signed = grad_cam(feats, head_weight=w, sign="abs")
+    assert relu[0, 0, 0] == 0 and signed[0, 0, 0] == pytest.approx(2 / 16)
+    assert torch.equal(relu[0, 3, 3], signed[0, 3, 3])
+
+
+def test_overlap_at_cam_resolution_uses_the_area_downsampled_mask():
+    from ceod.loss import area_downsample
+
+    g = torch.Generator().manual_seed(3)
+    feats = torch.rand(2, 3, 4, 4, dtype=torch.float64, generator=g)
+    w = torch.randn(2, 3, dtype=torch.float64, generator=g)
+    logits = feats.mean((2, 3)) @ w.T
+    mask = torch.zeros(2, 16, 16, dtype=torch.float64)
+    mask[:, 2:10, 4:12] = 1
+    target = torch.tensor([1, 1])
+    out = CEODLoss(omega=1.0, tau=0.0, filter_normalize="sum", resolution="cam")(
+        logits, target, mask, features=feats, head_weight=w)
+    small = area_downsample(mask, (4, 4))
+    assert small[0, 0, 1].item() == pytest.approx(0.5 * 1.0) and small[0, 0, 0].item() == 0
+    from ceod.cam import grad_cam
+    ref = ceod_loss(logits, target, grad_cam(feats, head_weight=w), small, omega=1.0, tau=0.0, filter_normalize="sum")
+    assert out.total.item() == pytest.approx(ref.total.item())
