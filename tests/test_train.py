@@ -128,5 +128,5 @@ def test_loss_configs_instantiate(make_cfg):
                          ("ceod_normalized", dict(omega=0.1, tau=0.0, filter_normalize="sum"))):
         loss = instantiate(make_cfg(f"loss={name}").loss)
         for key, value in expect.items():
-            got = loss.omega if key == "omega" else loss.options[key]
+            got = getattr(loss.opts, key)
             assert got == value, (name, key, got)
