@@ -124,3 +124,22 @@ def test_two_concurrent_launches_get_two_folders(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     folders = sorted((tmp_path / "outputs" / "train").iterdir())
     assert len(folders) == 2 and all((f / "config.yaml").is_file() for f in folders)
+
+
+@pytest.mark.slow
+def test_ddp_matches_single_process_with_second_order_ceod(tmp_path):
+    """2 CPU processes (gloo, 4 images each) == 1 process (8 images) after 3 SGD steps of the second-order
+    CEOD loss (ω = 1, autograd Grad-CAM, BN-free network): DDP averages exactly the full batch's gradient."""
+    script = Path(__file__).with_name("ddp_equivalence.py")
+    weights = {}
+    for mode in ("single", "ddp"):
+        out = tmp_path / f"{mode}.pt"
+        r = subprocess.run([sys.executable, str(script), mode, str(out)], cwd=tmp_path, env=cli_env(tmp_path),
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        weights[mode] = torch.load(out, weights_only=True)
+    assert "MEMBER: 2/2" in r.stdout + r.stderr
+    start = __import__("ddp_equivalence").TinyNet().state_dict()
+    for key, value in weights["single"].items():
+        assert not torch.allclose(value, start[key])  # the steps moved every tensor
+        torch.testing.assert_close(weights["ddp"][key], value, rtol=1e-5, atol=1e-6)
