@@ -1,10 +1,11 @@
-# Two entry points: `make train` and `make test`. Both create .venv on first use.
+# Entry points: `make train`, `make test` (inner loop: skips the end-to-end tests marked slow) and
+# `make test-all` (everything; what CI runs). All create .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ceod-installed
 
-.PHONY: train test install clean
+.PHONY: train test test-all install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +19,9 @@ train: $(STAMP)
 	$(PY) -m ceod.train $(ARGS)
 
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
 clean:
