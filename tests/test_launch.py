@@ -145,3 +145,28 @@ def test_ddp_matches_single_process_with_second_order_ceod(tmp_path):
     for key, value in weights["single"].items():
         assert not torch.allclose(value, start[key])  # the steps moved every tensor
         torch.testing.assert_close(weights["ddp"][key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_paper_sweep_preset_is_the_papers_grid(make_cfg):
+    """+sweep=paper: ω × model × regime × seed, each point composing to the papers' setting for that model."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from ceod.schema import validate
+    from conftest import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        hydra_cfg = compose(config_name="train", overrides=["+sweep=paper"], return_hydra_config=True).hydra
+    assert hydra_cfg.mode == RunMode.MULTIRUN  # `python -m ceod.train +sweep=paper` sweeps without -m
+    grid = {k: str(v).split(",") for k, v in hydra_cfg.sweeper.params.items()}
+    assert grid == {"+sweep/paper_model": ["custom_cnn", "efficientnet_b0"], "finetune": ["transfer", "last_n"],
+                    "loss.omega": ["0", "1e-4", "1e-3", "1e-2", "1e-1"], "seed": ["0", "1", "2"]}
+    cnn = make_cfg("+sweep=paper", "+sweep/paper_model=custom_cnn", "finetune=transfer", "loss.omega=1e-4")
+    assert cnn.model._target_.endswith("CustomCNN") and cnn.data.channels == 1 and cnn.finetune.regime == "transfer"
+    eff = make_cfg("+sweep=paper", "+sweep/paper_model=efficientnet_b0", "finetune=last_n", "loss.omega=1e-1")
+    assert (eff.model.name, eff.model.pretrained, eff.data.channels, eff.data.mean) == ("efficientnet_b0", True, 3, None)
+    assert eff.finetune.n == 20 and eff.loss.omega == 0.1 and eff.task_name == "paper"
+    for cfg in (cnn, eff):
+        validate(cfg)
