@@ -33,7 +33,7 @@ from ceod.errors import ConfigError
 
 FILTER_NORMALIZE = ("none", "clip", "sum")
 THRESHOLD_MODES = ("hard", "soft")
-OD_VARIANTS = ("log", "linear")
+OD_VARIANTS = ("log", "linear", "outside")
 CAM_SCORES = ("logit", "margin")
 RESOLUTIONS = ("image", "cam")
 
@@ -97,7 +97,17 @@ def overlap_distance(overlap: Tensor, variant: str = "log", eps: float = 1e-7) -
         return -torch.log(overlap.clamp(eps, 1.0 - eps))
     if variant == "linear":
         return 1.0 - overlap.clamp(0.0, 1.0)
-    raise ValueError(f"OD variant must be one of {OD_VARIANTS}, got {variant!r}")
+    raise ValueError(f"OD variant must be one of ('log', 'linear'), got {variant!r}")
+
+
+def outside_evidence(heat: Tensor, a_gt: Tensor) -> tuple[Tensor, Tensor]:
+    """Per image (B): mean over pixels of (1 − min(A_gt*, 1))·heat — with a GAP → linear head and the
+    ``abs`` heat of the ``margin`` score, a bound (in logit units) on how far the pixels outside the AOI
+    move the decision. Not normalised by the heat's peak, so it cannot be met by inflating the heat
+    inside. Returns (evidence, valid: the AOI is non-empty)."""
+    outside = 1.0 - a_gt.clamp(max=1.0)
+    valid = a_gt.sum(dim=(-2, -1)) > 0
+    return (outside * heat).mean(dim=(-2, -1)), valid
 
 
 @dataclass(frozen=True)
@@ -198,9 +208,13 @@ def ceod_loss(logits: Tensor, target: Tensor, heat: Tensor, aoi_mask: Tensor, op
         dtype = torch.float64 if torch.float64 in (heat.dtype, logits.dtype) else torch.float32
         ce_i = F.cross_entropy(logits.to(dtype), target, reduction="none")
         a_gt = filter_mask(aoi_mask.to(dtype), o.kernel_size, o.kernel_value, o.filter_normalize)
-        a_d = hottest_pixels(heat.to(dtype), o.tau, o.threshold, o.temperature)
-        overlap, valid = overlap_coefficient(a_d, a_gt)
-        od_i = overlap_distance(overlap, o.variant, o.eps)
+        if o.variant == "outside":
+            od_i, valid = outside_evidence(heat.to(dtype), a_gt)
+            overlap = torch.zeros_like(od_i)
+        else:
+            a_d = hottest_pixels(heat.to(dtype), o.tau, o.threshold, o.temperature)
+            overlap, valid = overlap_coefficient(a_d, a_gt)
+            od_i = overlap_distance(overlap, o.variant, o.eps)
         weight = (target == o.defect_class) if o.y_weighting else torch.ones_like(valid)
         contributes = valid & weight
         od_i = torch.where(contributes, od_i, torch.zeros_like(od_i))
@@ -212,6 +226,8 @@ def ceod_loss(logits: Tensor, target: Tensor, heat: Tensor, aoi_mask: Tensor, op
         # (with the papers' unnormalised filter the overlap saturates at 1 early)
         if o.variant == "log":
             live = contributes & (overlap > o.eps) & (overlap < 1 - o.eps)
+        elif o.variant == "outside":
+            live = contributes & (od_i > 0)
         else:
             live = contributes & (overlap < 1)
         active = live.sum() / contributes.sum().clamp(min=1)
