@@ -53,30 +53,41 @@ def heat_grid(images: np.ndarray, heats: np.ndarray, masks: np.ndarray | None, l
               probs: Sequence[float], threshold: float = 0.5, tau: float = 0.5, ncols: int = 4,
               title: str = "") -> Figure:
     """N panels: Grad-CAM overlay of the defect class, AOI contour (green), hottest pixels (heat ≥ τ·max,
-    white dashes), true label and P(defect) (red when the prediction at ``threshold`` is wrong).
+    magenta dashes), true label and P(defect) (red when the prediction at ``threshold`` is wrong).
 
-    images N×C×H×W, heats N×H×W, masks N×H×W or None.
+    images N×C×H×W, heats N×H×W, masks N×H×W or None. The panels are tiles of one mosaic in one axes
+    (one image, two contour calls): a figure of many axes takes seconds to build on a busy CPU.
     """
-    n = len(images)
+    n, (h, w) = len(images), heats.shape[-2:]
     ncols = max(1, min(ncols, n))
     nrows = max(1, -(-n // ncols))
-    fig = Figure(figsize=(2.4 * ncols, 2.6 * nrows + (0.3 if title else 0)), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    for i, ax in enumerate(axes):
-        ax.set_axis_off()
-        if i >= n:
-            continue
-        ax.imshow(overlay(images[i], heats[i]), interpolation="nearest")
-        if masks is not None and masks[i].any() and not masks[i].all():
-            ax.contour(masks[i], levels=[0.5], colors="lime", linewidths=1.0)
+    gap, band = max(2, w // 24), max(8, round(0.2 * h))  # between tiles; text band above each row
+    height, width = nrows * (h + band) + gap, ncols * (w + gap) + gap
+    mosaic = np.full((height, width, 3), 255, dtype=np.uint8)
+    aoi, hot = np.zeros((height, width), np.float32), np.zeros((height, width), np.float32)
+    head = 0.3 if title else 0.0
+    fig = Figure(figsize=(2.4 * ncols, 2.4 * ncols * height / width + head))
+    ax = fig.add_axes((0, 0, 1, 1 - head / fig.get_figheight()))
+    ax.set_axis_off()
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        y, x = r * (h + band) + band, c * (w + gap) + gap
+        mosaic[y:y + h, x:x + w] = overlay(images[i], heats[i])
+        if masks is not None:
+            aoi[y:y + h, x:x + w] = masks[i]
         top = float(heats[i].max())
-        if top > 0 and tau > 0:
-            ax.contour(heats[i] / top, levels=[tau], colors="white", linewidths=0.8, linestyles="dashed")
+        if top > 0:
+            hot[y:y + h, x:x + w] = heats[i] / top
         wrong = (probs[i] >= threshold) != bool(labels[i])
-        ax.set_title(f"{CLASS_NAMES[int(labels[i])]}  p={probs[i]:.2f}", fontsize=9,
-                     color="red" if wrong else "black")
+        ax.text(x + w / 2, y - 1, f"{CLASS_NAMES[int(labels[i])]}  p={probs[i]:.2f}", ha="center", va="bottom",
+                fontsize=9, color="red" if wrong else "black")
+    ax.imshow(mosaic, interpolation="nearest")
+    if aoi.any():
+        ax.contour(aoi, levels=[0.5], colors="lime", linewidths=1.0)
+    if tau > 0 and hot.any():
+        ax.contour(hot, levels=[tau], colors="magenta", linewidths=1.0, linestyles="dashed")
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.text(0.5, 1 - 0.05 / fig.get_figheight(), title, ha="center", va="top", fontsize=10)
     return fig
 
 
