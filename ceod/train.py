@@ -1,8 +1,9 @@
 """Training entry point: ``python -m ceod.train [+experiment=NAME] [key=value ...]``.
 
-Flat on purpose (torchvision references style): build data, model, loss, trainer from the Hydra
-config; fit; test the best checkpoint; print the result table. Outputs go to the Hydra run dir
-(``outputs/<task_name>/<run id>/``): checkpoints/, csv/metrics.csv, tensorboard/, config.yaml.
+Check the config and the run folder (schema, resume rule), build data, module, loggers, callbacks and
+trainer from the Hydra config; fit; test the best checkpoint; print the result table. Outputs go to the
+Hydra run dir (``outputs/<task_name>/<run id>/``): checkpoints/ (best + last), csv/metrics.csv, tensorboard/,
+config.yaml, train.log, and FAILED when the run raised. User errors become one ``error:`` line (exit 2).
 """
 
 from __future__ import annotations
@@ -72,6 +73,36 @@ def _run_folder(cfg: DictConfig) -> Path:
     return out_dir
 
 
+def _start(cfg: DictConfig) -> tuple[Path, dict, str | None, dict | None]:
+    """Checks before any data is read → (run folder, config record, checkpoint path to start from, its contents).
+
+    Typed run-level values (:mod:`ceod.schema`); the run folder's resume rule (:func:`ceod.run.resume_checkpoint`).
+    """
+    validate(cfg)
+    out_dir = _run_folder(cfg)
+    record = config_record(cfg, out_dir)
+    ckpt_path, ckpt = resume_checkpoint(cfg, out_dir, record)
+    if not cfg.get("train", True) and cfg.get("test", True) and ckpt_path is None:
+        raise ConfigError("train=false tests a trained model: set ckpt_path=/path/to/checkpoint.ckpt")
+    if ckpt is not None and cfg.get("train", True):
+        info(f"resuming from {ckpt_path} (epoch {ckpt.get('epoch', '?')} done)")
+    return out_dir, record, ckpt_path, ckpt
+
+
+def _loggers_and_callbacks(cfg: DictConfig, record: dict, resumed: dict | None) -> tuple[list, list]:
+    """The configured loggers and callbacks (a ``null`` entry is off) plus :class:`ceod.run.RunState`.
+
+    ``resumed``: the checkpoint training resumes from — loggers that can (CSV) keep the rows of its epochs.
+    """
+    loggers = [instantiate_at(cfg, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c is not None]
+    for lg in loggers:
+        if resumed is not None and hasattr(lg, "resume_after"):
+            lg.resume_after(int(resumed.get("epoch", -1)))
+    callbacks = [instantiate_at(cfg, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items()
+                 if c is not None]
+    return loggers, callbacks + [RunState(cfg.seed, record)]
+
+
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     params = list(model.parameters())
@@ -101,14 +132,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
     from hydra.utils import instantiate
 
-    validate(cfg)  # run-level values typed and in range: one line, before any data is read
-    out_dir = _run_folder(cfg)
-    record = config_record(cfg, out_dir)
-    ckpt_path, ckpt = resume_checkpoint(cfg, out_dir, record)
-    if not cfg.get("train", True) and cfg.get("test", True) and ckpt_path is None:
-        raise ConfigError("train=false tests a trained model: set ckpt_path=/path/to/checkpoint.ckpt")
-    if ckpt is not None and cfg.get("train", True):
-        info(f"resuming from {ckpt_path} (epoch {ckpt.get('epoch', '?')} done)")
+    out_dir, record, ckpt_path, ckpt = _start(cfg)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate_at(cfg, "data")
@@ -120,17 +144,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     info(f"model {cfg.model._target_.rsplit('.', 1)[-1]}: {trainable:,} trainable / {total:,} parameters")
     info(f"loss: {module.loss.extra_repr()}")
 
-    loggers = [instantiate_at(cfg, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c is not None]
-    for lg in loggers:
-        if ckpt is not None and cfg.get("train", True) and hasattr(lg, "resume_after"):
-            lg.resume_after(int(ckpt.get("epoch", -1)))  # keep the metric rows of the epochs not trained again
-    callbacks = [instantiate_at(cfg, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items()
-                 if c is not None]  # group.key=null: off
-    callbacks.append(RunState(cfg.seed, record))
+    loggers, callbacks = _loggers_and_callbacks(cfg, record, ckpt if cfg.get("train", True) else None)
     trainer = instantiate_at(cfg, "trainer", logger=loggers or False, callbacks=callbacks)
     try:
         if trainer.is_global_zero:
-            OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+            OmegaConf.save(cfg, out_dir / "config.yaml.tmp", resolve=True)
+            os.replace(out_dir / "config.yaml.tmp", out_dir / "config.yaml")  # never half-written
             for lg in loggers:
                 lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
