@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ceod.errors import ConfigError
-from ceod.loss import AttributionLoss, CEODOptions, CEODOutput
+from ceod.attribution import AttributionLoss
+from ceod.loss import CEODOptions, CEODOutput
 
 CAM_KEYS = ("omega", "defect_class", "cam_score", "heat_sign", "omega_warmup_steps", "y_weighting")
 

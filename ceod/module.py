@@ -19,7 +19,7 @@ from torchmetrics.functional.classification import binary_accuracy, binary_confu
 
 from ceod.batchnorm import recompute_batchnorm_stats
 from ceod.errors import CeodError, ConfigError
-from ceod.loss import AttributionLoss
+from ceod.attribution import AttributionLoss
 from ceod.metrics import AOIEnergy, PointingGame, youden_threshold
 
 

@@ -238,7 +238,7 @@ def test_abs_heat_sees_evidence_against_the_class():
 
 
 def test_overlap_at_cam_resolution_uses_the_area_downsampled_mask():
-    from ceod.loss import area_downsample
+    from ceod.attribution import area_downsample
 
     g = torch.Generator().manual_seed(3)
     feats = torch.rand(2, 3, 4, 4, dtype=torch.float64, generator=g)
@@ -254,3 +254,20 @@ def test_overlap_at_cam_resolution_uses_the_area_downsampled_mask():
     from ceod.cam import grad_cam
     ref = ceod_loss(logits, target, grad_cam(feats, head_weight=w), small, omega=1.0, tau=0.0, filter_normalize="sum")
     assert out.total.item() == pytest.approx(ref.total.item())
+
+
+def test_outside_variant_is_the_mean_heat_outside_and_not_met_by_inflating_the_inside():
+    heat = torch.zeros(1, 4, 4, dtype=torch.float64)
+    heat[0, 0, 0] = 2.0  # outside
+    mask = torch.zeros(1, 4, 4, dtype=torch.float64)
+    mask[0, :, 2:] = 1
+    kw = dict(omega=1.0, variant="outside", kernel_size=1, kernel_value=1.0)
+    out = ceod_loss(torch.zeros(1, 2, dtype=torch.float64), torch.tensor([1]), heat, mask, **kw)
+    assert out.od.item() == pytest.approx(2 / 16)
+    inflated = heat.clone()
+    inflated[0, :, 2:] = 100.0  # a huge constant inside leaves the outside evidence as it is
+    again = ceod_loss(torch.zeros(1, 2, dtype=torch.float64), torch.tensor([1]), inflated, mask, **kw)
+    assert again.od.item() == pytest.approx(2 / 16)
+    log = ceod_loss(torch.zeros(1, 2, dtype=torch.float64), torch.tensor([1]), inflated, mask, omega=1.0, tau=0.0,
+                    kernel_size=1, kernel_value=1.0)
+    assert log.od.item() < 0.01  # the peak-normalised overlap is fooled by it
