@@ -147,7 +147,7 @@ def test_run_ids_are_unique_within_a_second_and_fixed_per_launch(monkeypatch):
     assert run_id() == first  # fixed within a launch: sweep jobs and DDP workers share it
     monkeypatch.delenv("CEOD_RUN_ID")
     second = run_id()
-    assert second != first and second[:19] == first[:19] or second[:16] != first[:16]
+    assert second != first  # the old id (time to the second) gave both launches one folder
     monkeypatch.delenv("CEOD_RUN_ID")
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     assert run_id() == "slurm-4242"  # a requeued job finds its own folder again

@@ -376,13 +376,11 @@ def test_n_larger_than_conv_layers_is_one_line(make_cfg):
     assert one_line(e.value) == "finetune.n=20 is larger than the 8 conv layers of CustomCNN"
 
 
-def test_unknown_timm_name_on_the_cli(tmp_path):
-    env = {**os.environ, "CEOD_DATA_DIR": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    r = subprocess.run([sys.executable, "-m", "ceod.train", "model=timm", "model.name=efficientnet_bo",
-                        "hydra.run.dir=out"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+def test_unknown_timm_name_on_the_cli(run_cli):
+    r = run_cli("model=timm", "model.name=efficientnet_bo", "hydra.run.dir=out", env={"OMP_NUM_THREADS": "1"},
+                timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
-    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    errors = r.errors
     assert len(errors) == 1 and "efficientnet_bo" in errors[0] and "efficientnet_b0" in errors[0], r.stderr[-2000:]
     assert "Traceback" not in r.stderr
 
