@@ -150,3 +150,21 @@ def build_mvtec_tree(root: str | Path, layout=LAYOUT, size: int = 256, large: in
                 _save(p["teeth"], root / "truth" / "teeth" / folder / f"{i:03d}.png")
                 _save(p["fabric"], root / "truth" / "fabric" / folder / f"{i:03d}.png")
     return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ceod.data.zipper_photos --out DIR``: an MVTec-layout zipper tree with its truth (no download)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m ceod.data.zipper_photos", description=main.__doc__)
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--large", type=int, default=2, help="images written at 1024 px")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    print(build_mvtec_tree(a.out, size=a.size, large=a.large, seed=a.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
