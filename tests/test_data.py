@@ -356,3 +356,47 @@ def test_folder_fast_dev_run(make_cfg, tmp_path, tiny_root, loss):
     assert {"train/loss", "test/auroc", "test/aoi_energy"} <= set(results)
     with open(tmp_path / "run" / "data_manifest.csv") as f:
         assert {r["split"] for r in csv.DictReader(f)} == {"train", "val", "test"}
+
+
+def test_one_aoi_mask_for_every_image(tiny_root, tmp_path):
+    aoi = np.zeros((64, 64), np.uint8)
+    aoi[:, 20:44] = 255
+    Image.fromarray(aoi).save(tmp_path / "fixture.png")
+    dm = FolderDataModule(str(tiny_root), aoi_mask=str(tmp_path / "fixture.png"), image_size=32, augment=False,
+                          manifest_out=str(tmp_path / "run"))
+    dm.setup()
+    masks = {s.mask for v in dm.samples.values() for s in v}
+    assert masks == {tmp_path / "fixture.png"}  # shared on purpose: no duplicate-mask error
+    assert torch.equal(dm.datasets["train"][0]["mask"], dm.datasets["test"][0]["mask"])
+    assert dm.datasets["train"][0]["mask"][:, 10:22].all() and not dm.datasets["train"][0]["mask"][:, :9].any()
+    with pytest.raises(DataError, match=r"AOI mask not found: .*nowhere.png \(data.aoi_mask\)"):
+        FolderDataModule(str(tiny_root), aoi_mask=str(tmp_path / "nowhere.png")).setup()
+
+
+def test_written_data_is_group_readable_and_stale_temporaries_are_removed(tiny_root, tmp_path):
+    import os
+    import socket
+    import subprocess
+
+    from ceod.data.layout import atomic_directory, remove_stale_temporaries
+
+    old = os.umask(0o022)
+    try:
+        dead = subprocess.Popen(["true"])  # a pid that has exited
+        dead.wait()
+
+        stale = tmp_path / f".data.tmp-{socket.gethostname()}-{dead.pid}-abcd1234"
+        live = tmp_path / f".data.tmp-{socket.gethostname()}-{os.getpid()}-efgh5678"
+        stale.mkdir()
+        live.mkdir()
+        with atomic_directory(tmp_path / "data") as tmp:
+            (tmp / "manifest.csv").write_text("image,mask,label\n")
+        assert not stale.exists() and live.exists()  # a running writer's folder is left alone
+        assert (tmp_path / "data").stat().st_mode & 0o777 == 0o755
+        assert (tmp_path / "data" / "manifest.csv").stat().st_mode & 0o777 == 0o644
+        assert remove_stale_temporaries(tmp_path / "data") == []
+        dm = FolderDataModule(str(tiny_root), image_size=32, manifest_out=str(tmp_path / "run"))
+        dm.setup()
+        assert (tmp_path / "run" / "data_manifest.csv").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
