@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "experiments" / "results" / "study"
 EPOCHS = 15
-BIG = "{n_good:540,n_defect:460,split:[0.4,0.15,0.45]}"  # test split 450 images
+BIG = "{n_good:540,n_defect:460,split:[0.4,0.15,0.45],contrast:0.22}"  # 64 px: marks less subtle; test split 450
 BENCHMARKS: dict[str, list[str]] = {
     "synthetic_decoy": ["data=synthetic_zipper_decoy", "data.image_size=64", f"data.generator={BIG}"],
     "synthetic_control": ["data=synthetic_zipper_decoy_control", "data.image_size=64", f"data.generator={BIG}"],
@@ -38,6 +38,7 @@ METHODS: dict[str, list[str]] = {
     "ce": ["loss=ce"],
     "ceod_paper": ["loss=ceod_paper"],
     "ceod": ["loss=ceod"],
+    "ceod_omega0.3": ["loss=ceod", "loss.omega=0.3"],
     "rrr": ["loss=rrr"],
     "energy": ["loss=energy"],
     "bg_random": ["loss=bg_random"],
