@@ -217,7 +217,7 @@ def run_fit(a: argparse.Namespace) -> str:
     data = []
     for key in train:
         g = _gray(found[key], a.size)
-        data.append((g, resize_mask(load_mask(drawn[key]), g.shape).numpy() > 0))
+        data.append((g, load_mask(drawn[key], 0.5, g.shape).numpy() > 0))
     with one_thread():
         model.fit(data)
     with one_thread():

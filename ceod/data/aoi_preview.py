@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ceod.data.layout import atomic_write
-from ceod.data.samples import binarize_mask, read_array, resize_mask, to_image_tensor
+from ceod.data.samples import load_mask, read_array, to_image_tensor
 from ceod.data.zipper_aoi import work_gray
 
 THUMB = 256  # tiles are drawn from copies at most this wide
@@ -37,10 +37,7 @@ def _tile(r: dict, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray
     size = gray.shape
 
     def small(path) -> np.ndarray:
-        import torch
-
-        m = torch.from_numpy(binarize_mask(read_array(path), threshold)).float()
-        return resize_mask(m, size).numpy() > 0
+        return load_mask(path, threshold, size).numpy() > 0
 
     aoi = small(r["aoi"]) if r.get("aoi") is not None else np.zeros(size, bool)
     gt = small(r["gt"]) if r.get("gt") is not None and Path(r["gt"]).is_file() else None

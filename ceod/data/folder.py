@@ -39,105 +39,26 @@ from __future__ import annotations
 
 import csv
 import os
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader
 
+from ceod.data.dataset import SegmentedImageDataset, size2
+from ceod.data.discovery import FolderTree
 from ceod.data.layout import atomic_write
-from ceod.data.samples import (
-    IMAGE_SUFFIXES,
-    index_masks,
-    SPLITS,
-    Sample,
-    binarize_mask,
-    image_size_of,
-    mask_is_binary,
-    read_array,
-    read_manifest,
-    resize_image,
-    resize_mask,
-    stratified_split,
-    to_image_tensor,
-)
-from ceod.data.transforms import apply_joint, batch_augment, train_transform
-from ceod.errors import ConfigError, DataError
+from ceod.data.samples import SPLITS, Sample
+from ceod.data.transforms import batch_augment, train_transform
+from ceod.data.validate import Checks
+from ceod.errors import ConfigError
 from ceod.log import info
 
+__all__ = ["FolderDataModule", "SegmentedImageDataset", "MANIFEST_NAME"]
+
 MANIFEST_NAME = "data_manifest.csv"
-
-
-def _first(items: list, k: int = 3) -> str:
-    shown = ", ".join(str(x) for x in items[:k])
-    return shown + (f" … (+{len(items) - k} more)" if len(items) > k else "")
-
-
-class SegmentedImageDataset(Dataset):
-    """Items: {"image": C×H×W float, "mask": H×W float 0/1, "label": long, "index": long}.
-
-    ``cache``: per sample (image C×H×W float16 in [0,1], mask H×W bool) already resized; without
-    it, files are read and resized on access. ``transform``: joint augmentation (train only).
-    """
-
-    def __init__(self, samples: list[Sample], image_size: int | Sequence[int], channels: int,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 transform=None, cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                 mask_threshold: float = 0.5) -> None:
-        self.samples = samples
-        self.size = _size2(image_size)
-        self.channels = channels
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) if mean is not None else None
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) if std is not None else None
-        self.transform = transform
-        self.cache = cache
-        self.mask_threshold = mask_threshold
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def raw(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image C×H×W float in [0,1], mask H×W float 0/1) at ``image_size``, before augmentation."""
-        if self.cache is not None:
-            img, mask = self.cache[i]
-            return img.float(), mask.float()
-        s = self.samples[i]
-        img = resize_image(to_image_tensor(read_array(s.image), self.channels, s.image), self.size)
-        if s.mask is None:
-            return img, torch.zeros(self.size)
-        m = torch.from_numpy(binarize_mask(read_array(s.mask), self.mask_threshold)).float()
-        return img, resize_mask(m, self.size)
-
-    def __getitem__(self, i: int) -> dict:
-        img, mask = self.raw(i)
-        if self.transform is not None:
-            if get_worker_info() is None and torch.get_num_threads() > 1:
-                # in the main process (num_workers=0): per-sample ops are tiny, and intra-op threads
-                # only add synchronisation (10-30× slower on a busy CPU); workers run 1 thread anyway
-                threads = torch.get_num_threads()
-                torch.set_num_threads(1)
-                try:
-                    img, mask = apply_joint(self.transform, img, mask)
-                finally:
-                    torch.set_num_threads(threads)
-            else:
-                img, mask = apply_joint(self.transform, img, mask)
-        if self.mean is not None:
-            img = (img - self.mean) / self.std
-        return {"image": img, "mask": mask, "label": torch.tensor(self.samples[i].label), "index": torch.tensor(i)}
-
-
-def _size2(size) -> tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    size = tuple(int(v) for v in size)
-    if len(size) != 2:
-        raise ConfigError(f"data.image_size must be an int or [height, width], got {list(size)}")
-    return size  # type: ignore[return-value]
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -200,7 +121,7 @@ class FolderDataModule(L.LightningDataModule):
             raise ConfigError(f"data.split must be {what}, got {list(self.split)}")
         self.seed = seed
         self.image_size, self.channels = image_size, channels
-        self.size = _size2(image_size)
+        self.size = size2(image_size)
         if channels not in (1, 3):
             raise ConfigError(f"data.channels must be 1 or 3, got {channels}")
         self.mean = tuple(mean) if mean is not None else None
@@ -228,193 +149,28 @@ class FolderDataModule(L.LightningDataModule):
         self.extra: dict[Path, dict] = {}  # per-image audit columns for the written manifest
         self.report: dict[str, int] = {}
 
-    # ------------------------------------------------------------------ discovery
+    # ------------------------------------------------------------------ discovery and validation
     def discover(self) -> list[Sample]:
-        """All samples with splits assigned; raises DataError on a bad tree (before any decoding)."""
-        if not self.root.is_dir():
-            raise DataError(f"data root not found: {self.root} (set data.root)")
-        if self.aoi_mask is not None and not self.aoi_mask.is_file():
-            raise DataError(f"AOI mask not found: {self.aoi_mask} (data.aoi_mask)")
-        samples = self._read_tree(self.root)
-        explicit = [s.split is not None for s in samples]
-        if self.test_root is not None:
-            if any(explicit):
-                raise ConfigError(f"the manifest of {self.root} gives explicit splits; data.test_root cannot be "
-                                  "used with them (drop its split column or unset data.test_root)")
-            if not self.test_root.is_dir():
-                raise DataError(f"test root not found: {self.test_root} (set data.test_root)")
-            test = [replace(s, split="test") for s in self._read_tree(self.test_root)]
-            return stratified_split(samples, self.split or (0.8, 0.2), self.seed, ("train", "val")) + test
-        if all(explicit):
-            return samples
-        if any(explicit):
-            n = explicit.count(False)
-            raise DataError(f"the manifest of {self.root} gives a split for some rows only ({n} without); "
-                            "give every row a split or none")
-        return stratified_split(samples, self.split or (0.7, 0.2, 0.1), self.seed)
+        """All samples with splits assigned (:class:`~ceod.data.discovery.FolderTree`); DataError on a bad
+        tree, before any decoding. Subclasses (MVTec) discover their own way."""
+        return FolderTree(self.root, self.test_root, self.image_dir, self.mask_dir, self.aoi_mask, self.class_dirs,
+                          self.manifest, self.split, self.seed).discover()
 
-    def _read_tree(self, root: Path) -> list[Sample]:
-        manifest = root / self.manifest if self.manifest else None
-        if manifest is not None and manifest.is_file():
-            samples = read_manifest(manifest, root, self.class_dirs)
-            if not samples:
-                raise DataError(f"manifest {manifest} lists no images")
-            if self.aoi_mask is not None:
-                samples = [replace(s, mask=self.aoi_mask) for s in samples]
-            return samples
-        samples = self._scan(root)
-        if not samples:
-            raise DataError(f"no images found under {root / self.image_dir}")
-        if self.aoi_mask is not None:  # one AOI for every image (fixed camera, fixed fixture)
-            samples = [replace(s, mask=self.aoi_mask) for s in samples]
-        return samples
-
-    def _scan(self, root: Path) -> list[Sample]:
-        images = root / self.image_dir
-        if not images.is_dir():
-            raise DataError(f"image folder not found: {images}")
-        unknown = sorted(p.name for p in images.iterdir() if p.is_dir() and p.name not in self.class_dirs)
-        if unknown:
-            raise DataError(f"unknown label folder(s) {unknown} in {images}; expected {sorted(self.class_dirs)} "
-                            "(set data.class_dirs)")
-        found: list[tuple[Path, int]] = []
-        for name, label in self.class_dirs.items():
-            folder = images / name
-            if folder.is_dir():
-                found += [(p, label) for p in sorted(folder.rglob("*"))
-                          if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
-        if not found or not self.mask_dir or self.aoi_mask is not None:
-            return [Sample(p, None, label) for p, label in found]
-        masks = root / self.mask_dir
-        if not masks.is_dir():
-            raise DataError(f"AOI mask folder not found: {masks} (set data.mask_dir; "
-                            "data.mask_dir=null trains without masks, CE only)")
-        mask_index = index_masks(masks)
-        samples = []
-        for p, label in found:
-            rel = p.relative_to(images)
-            samples.append(Sample(p, mask_index.get(rel.with_suffix(""), masks / rel.with_suffix(".png")), label))
-        return samples
-
-    # ------------------------------------------------------------------ validation
-    def check_names(self, samples: list[Sample]) -> None:
-        """Duplicates: an image listed twice, or two images that share one name (and one mask)."""
-        seen: dict[Path, Sample] = {}
-        for s in samples:
-            key = Path(os.path.abspath(s.image))
-            if key in seen:
-                raise DataError(f"duplicate image {s.image}: listed twice (splits {seen[key].split}, {s.split})")
-            seen[key] = s
-        stems: dict[Path, Path] = {}
-        for s in samples:
-            key = Path(os.path.abspath(s.image)).with_suffix("")
-            if key in stems:
-                raise DataError(f"duplicate name: {stems[key]} and {s.image} share the name {key.name!r} "
-                                "(and would share one AOI mask); rename one")
-            stems[key] = s.image
-        masks: dict[Path, Path] = {}
-        for s in samples:
-            if s.mask is None or self.aoi_mask is not None:  # one shared AOI is data.aoi_mask's point
-                continue
-            key = Path(os.path.abspath(s.mask))
-            if key in masks:
-                raise DataError(f"duplicate mask: {masks[key]} and {s.image} both use {s.mask}")
-            masks[key] = s.image
-
-    def check_masks_exist(self, samples: list[Sample]) -> None:
-        missing = [s for s in samples if s.mask is not None and not s.mask.is_file()]
-        if missing:
-            s = missing[0]
-            raise DataError(f"AOI mask missing for {len(missing)} image(s), first: {s.image} (expected {s.mask})")
-
-    def _inspect(self, s: Sample) -> dict:
-        """Read one sample as the ``check`` policy says; problems are returned, not raised."""
-        out: dict = {}
-        decode = self.check == "decode"
-        try:
-            if decode:
-                img = to_image_tensor(read_array(s.image), self.channels, s.image)
-                h, w = img.shape[-2:]
-            else:
-                w, h = image_size_of(s.image)
-        except DataError as e:
-            return {"corrupt": str(e)}
-        if s.mask is not None:
-            try:
-                if decode:
-                    arr = read_array(s.mask)
-                    mh, mw = arr.shape[:2]
-                    if not mask_is_binary(arr):
-                        out["nonbinary"] = True
-                    mask = torch.from_numpy(binarize_mask(arr, self.mask_threshold))
-                    out["empty"] = not bool(mask.any())
-                else:
-                    mw, mh = image_size_of(s.mask)
-            except DataError as e:
-                return {"corrupt": str(e).replace("image", "AOI mask", 1)}
-            if (mw, mh) != (w, h):
-                out["size"] = f"AOI mask {mw}×{mh} ≠ image {w}×{h}"
-        if decode and self.cache:
-            m = resize_mask(mask.float(), self.size).bool() if s.mask is not None else torch.zeros(self.size, dtype=torch.bool)
-            out["cache"] = (resize_image(img, self.size).half(), m)
-        return out
-
-    def check_files(self, samples: list[Sample]) -> tuple[list[Sample], list | None]:
-        """Read every file per ``check``; apply the corrupt/size/binary policies. → (kept samples, cache)."""
-        threads = max(1, min(8, os.cpu_count() or 1))
-        if threads > 1 and len(samples) > 8:
-            with ThreadPoolExecutor(threads) as pool:
-                results = list(pool.map(self._inspect, samples))
-        else:
-            results = [self._inspect(s) for s in samples]
-        corrupt = [(s, r["corrupt"]) for s, r in zip(samples, results) if "corrupt" in r]
-        if corrupt and not self.skip_corrupt:
-            raise DataError(f"{corrupt[0][1]} ({len(corrupt)} unreadable file(s); "
-                            "data.skip_corrupt=true skips them)")
-        keep = [(s, r) for s, r in zip(samples, results) if "corrupt" not in r]
-        sized = [s for s, r in keep if "size" in r]
-        if sized and self.mask_size_mismatch == "error":
-            r = next(r for s, r in keep if "size" in r)
-            raise DataError(f"{r['size']} for {sized[0].image} (mask {sized[0].mask}); {len(sized)} such image(s) "
-                            "— set data.mask_size_mismatch=resize to resize masks (nearest)")
-        nonbinary = [s for s, r in keep if r.get("nonbinary")]
-        if nonbinary and self.nonbinary_masks == "error":
-            raise DataError(f"AOI mask {nonbinary[0].mask} is not binary ({len(nonbinary)} such mask(s)); "
-                            "set data.nonbinary_masks=threshold to threshold them at data.mask_threshold")
-        empty = [s for s, r in keep if r.get("empty") and s.label == 1]
-        self.report = {"checked": len(samples), "corrupt_skipped": len(corrupt), "mask_resized": len(sized),
-                       "mask_thresholded": len(nonbinary), "defect_empty_aoi": len(empty)}
-        if corrupt:
-            info(f"skipped {len(corrupt)} unreadable file(s) (data.skip_corrupt=true): "
-                 f"{_first([str(s.image) for s, _ in corrupt])}")
-        if sized:
-            info(f"{len(sized)} AOI mask(s) of another size than their image resized (nearest): {_first([s.mask for s in sized])}")
-        if nonbinary:
-            info(f"{len(nonbinary)} non-binary AOI mask(s) thresholded at {self.mask_threshold} of full scale: "
-                 f"{_first([s.mask for s in nonbinary])}")
-        if empty:
-            info(f"warning: {len(empty)} defective image(s) have an empty AOI mask: {_first([s.image for s in empty])}")
-        cache = [r["cache"] for _, r in keep] if self.check == "decode" and self.cache else None
-        return [s for s, _ in keep], cache
+    def checks(self) -> Checks:
+        return Checks(self.root, self.size, self.channels, self.class_dirs, self.aoi_mask, self.check, self.cache,
+                      self.mask_threshold, self.nonbinary_masks, self.mask_size_mismatch, self.skip_corrupt)
 
     def check_splits(self, samples: list[Sample]) -> None:
-        names = {v: k for k, v in self.class_dirs.items()}
-        for split in SPLITS:
-            part = [s for s in samples if s.split == split]
-            if not part:
-                raise DataError(f"split {split!r} is empty ({len(samples)} samples under {self.root}); "
-                                "add images or change data.split")
-            for label in (0, 1):
-                if not any(s.label == label for s in part):
-                    counts = {k: sum(s.split == k for s in samples if s.label == label) for k in SPLITS}
-                    raise DataError(f"class {names.get(label, label)!r} (label {label}) is absent from split "
-                                    f"{split!r} (its images per split: {counts}); add images or change data.split")
+        """Every split holds both classes (a hook: MVTec adds a hint about its AOIs)."""
+        self.checks().check_splits(samples)
 
     def validate(self, samples: list[Sample]) -> tuple[list[Sample], list | None]:
-        """All setup checks; → (samples to use, cache or None)."""
-        self.check_names(samples)
-        self.check_masks_exist(samples)
-        samples, cache = self.check_files(samples)
+        """All setup checks (:mod:`ceod.data.validate`); → (samples to use, cache or None)."""
+        checks = self.checks()
+        checks.check_names(samples)
+        checks.check_masks_exist(samples)
+        samples, cache = checks.check_files(samples)
+        self.report = checks.report
         self.check_splits(samples)
         return samples, cache
 

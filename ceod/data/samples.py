@@ -198,9 +198,16 @@ def binarize_mask(arr: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     return m.astype(np.float64) >= threshold * full_scale(m)
 
 
-def load_mask(path: Path, threshold: float = 0.5) -> torch.Tensor:
-    """H×W float 0/1 AOI mask (see the module docstring for the threshold policy)."""
-    return torch.from_numpy(binarize_mask(read_array(path), threshold).astype(np.float32))
+def mask_tensor(arr: np.ndarray, threshold: float = 0.5, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """The one binarise-and-resize: a mask array → H×W (or ``size``) float 0/1 (thresholded as the module
+    docstring says, resized nearest)."""
+    m = torch.from_numpy(binarize_mask(arr, threshold).astype(np.float32))
+    return resize_mask(m, tuple(size)) if size is not None else m
+
+
+def load_mask(path: Path, threshold: float = 0.5, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """H×W (or ``size``) float 0/1 AOI mask read from ``path`` (see :func:`mask_tensor`)."""
+    return mask_tensor(read_array(path), threshold, size)
 
 
 # ----------------------------------------------------------------------------- resizing

@@ -1,0 +1,166 @@
+"""Validation of discovered samples: names, masks, files, splits — each problem one DataError line.
+
+:class:`Checks` holds the policies (``data.check``, ``skip_corrupt``, ``mask_size_mismatch``,
+``nonbinary_masks``, ``mask_threshold``, ``cache``); :meth:`Checks.check_files` returns the samples
+to keep and the decoded cache and leaves its counts in :attr:`Checks.report`.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ceod.data.samples import (
+    SPLITS,
+    Sample,
+    image_size_of,
+    mask_is_binary,
+    mask_tensor,
+    read_array,
+    resize_image,
+    resize_mask,
+    to_image_tensor,
+)
+from ceod.errors import DataError
+from ceod.log import info
+
+
+def first(items: list, k: int = 3) -> str:
+    """The first ``k`` items as text, and how many more."""
+    shown = ", ".join(str(x) for x in items[:k])
+    return shown + (f" … (+{len(items) - k} more)" if len(items) > k else "")
+
+
+@dataclass
+class Checks:
+    """The validation policies of a DataModule (see :mod:`ceod.data.folder`)."""
+
+    root: Path
+    size: tuple[int, int]
+    channels: int = 1
+    class_dirs: dict = field(default_factory=lambda: {"good": 0, "defect": 1})
+    aoi_mask: Path | None = None
+    check: str = "decode"
+    cache: bool = True
+    mask_threshold: float = 0.5
+    nonbinary_masks: str = "threshold"
+    mask_size_mismatch: str = "error"
+    skip_corrupt: bool = False
+    report: dict = field(default_factory=dict)
+
+    def check_names(self, samples: list[Sample]) -> None:
+        """Duplicates: an image listed twice, or two images that share one name (and one mask)."""
+        seen: dict[Path, Sample] = {}
+        for s in samples:
+            key = Path(os.path.abspath(s.image))
+            if key in seen:
+                raise DataError(f"duplicate image {s.image}: listed twice (splits {seen[key].split}, {s.split})")
+            seen[key] = s
+        stems: dict[Path, Path] = {}
+        for s in samples:
+            key = Path(os.path.abspath(s.image)).with_suffix("")
+            if key in stems:
+                raise DataError(f"duplicate name: {stems[key]} and {s.image} share the name {key.name!r} "
+                                "(and would share one AOI mask); rename one")
+            stems[key] = s.image
+        masks: dict[Path, Path] = {}
+        for s in samples:
+            if s.mask is None or self.aoi_mask is not None:  # one shared AOI is data.aoi_mask's point
+                continue
+            key = Path(os.path.abspath(s.mask))
+            if key in masks:
+                raise DataError(f"duplicate mask: {masks[key]} and {s.image} both use {s.mask}")
+            masks[key] = s.image
+
+    def check_masks_exist(self, samples: list[Sample]) -> None:
+        missing = [s for s in samples if s.mask is not None and not s.mask.is_file()]
+        if missing:
+            s = missing[0]
+            raise DataError(f"AOI mask missing for {len(missing)} image(s), first: {s.image} (expected {s.mask})")
+
+    def _inspect(self, s: Sample) -> dict:
+        """Read one sample as the ``check`` policy says; problems are returned, not raised."""
+        out: dict = {}
+        decode = self.check == "decode"
+        try:
+            if decode:
+                img = to_image_tensor(read_array(s.image), self.channels, s.image)
+                h, w = img.shape[-2:]
+            else:
+                w, h = image_size_of(s.image)
+        except DataError as e:
+            return {"corrupt": str(e)}
+        if s.mask is not None:
+            try:
+                if decode:
+                    arr = read_array(s.mask)
+                    mh, mw = arr.shape[:2]
+                    if not mask_is_binary(arr):
+                        out["nonbinary"] = True
+                    mask = mask_tensor(arr, self.mask_threshold)
+                    out["empty"] = not bool(mask.any())
+                else:
+                    mw, mh = image_size_of(s.mask)
+            except DataError as e:
+                return {"corrupt": str(e).replace("image", "AOI mask", 1)}
+            if (mw, mh) != (w, h):
+                out["size"] = f"AOI mask {mw}×{mh} ≠ image {w}×{h}"
+        if decode and self.cache:
+            m = resize_mask(mask, self.size).bool() if s.mask is not None else torch.zeros(self.size, dtype=torch.bool)
+            out["cache"] = (resize_image(img, self.size).half(), m)
+        return out
+
+    def check_files(self, samples: list[Sample]) -> tuple[list[Sample], list | None]:
+        """Read every file per ``check``; apply the corrupt/size/binary policies. → (kept samples, cache)."""
+        threads = max(1, min(8, os.cpu_count() or 1))
+        if threads > 1 and len(samples) > 8:
+            with ThreadPoolExecutor(threads) as pool:
+                results = list(pool.map(self._inspect, samples))
+        else:
+            results = [self._inspect(s) for s in samples]
+        corrupt = [(s, r["corrupt"]) for s, r in zip(samples, results) if "corrupt" in r]
+        if corrupt and not self.skip_corrupt:
+            raise DataError(f"{corrupt[0][1]} ({len(corrupt)} unreadable file(s); "
+                            "data.skip_corrupt=true skips them)")
+        keep = [(s, r) for s, r in zip(samples, results) if "corrupt" not in r]
+        sized = [s for s, r in keep if "size" in r]
+        if sized and self.mask_size_mismatch == "error":
+            r = next(r for s, r in keep if "size" in r)
+            raise DataError(f"{r['size']} for {sized[0].image} (mask {sized[0].mask}); {len(sized)} such image(s) "
+                            "— set data.mask_size_mismatch=resize to resize masks (nearest)")
+        nonbinary = [s for s, r in keep if r.get("nonbinary")]
+        if nonbinary and self.nonbinary_masks == "error":
+            raise DataError(f"AOI mask {nonbinary[0].mask} is not binary ({len(nonbinary)} such mask(s)); "
+                            "set data.nonbinary_masks=threshold to threshold them at data.mask_threshold")
+        empty = [s for s, r in keep if r.get("empty") and s.label == 1]
+        self.report = {"checked": len(samples), "corrupt_skipped": len(corrupt), "mask_resized": len(sized),
+                       "mask_thresholded": len(nonbinary), "defect_empty_aoi": len(empty)}
+        if corrupt:
+            info(f"skipped {len(corrupt)} unreadable file(s) (data.skip_corrupt=true): "
+                 f"{first([str(s.image) for s, _ in corrupt])}")
+        if sized:
+            info(f"{len(sized)} AOI mask(s) of another size than their image resized (nearest): {first([s.mask for s in sized])}")
+        if nonbinary:
+            info(f"{len(nonbinary)} non-binary AOI mask(s) thresholded at {self.mask_threshold} of full scale: "
+                 f"{first([s.mask for s in nonbinary])}")
+        if empty:
+            info(f"warning: {len(empty)} defective image(s) have an empty AOI mask: {first([s.image for s in empty])}")
+        cache = [r["cache"] for _, r in keep] if self.check == "decode" and self.cache else None
+        return [s for s, _ in keep], cache
+
+    def check_splits(self, samples: list[Sample]) -> None:
+        names = {v: k for k, v in self.class_dirs.items()}
+        for split in SPLITS:
+            part = [s for s in samples if s.split == split]
+            if not part:
+                raise DataError(f"split {split!r} is empty ({len(samples)} samples under {self.root}); "
+                                "add images or change data.split")
+            for label in (0, 1):
+                if not any(s.label == label for s in part):
+                    counts = {k: sum(s.split == k for s in samples if s.label == label) for k in SPLITS}
+                    raise DataError(f"class {names.get(label, label)!r} (label {label}) is absent from split "
+                                    f"{split!r} (its images per split: {counts}); add images or change data.split")
