@@ -2,7 +2,8 @@
 
 Each image (S×S, greyscale or RGB, values in [0, 1]) shows what real MVTec AD zipper photos show:
 a vertical zipper — an interlocking chain of teeth, periodic along y, bordered by a stitched seam —
-crossing woven fabric (a fine isotropic weave with shading), and white, partly saturated background
+crossing woven fabric (a fine plain weave or, in 30 % of images, horizontal ribs — texture along y
+off the zipper too — with shading), and white, partly saturated background
 beyond a wavy fabric edge on one side, both sides or neither. The zipper is off-centre, slanted and
 smoothly bent (its centre line ``cx(y)`` is a line plus a half-sine). Defects are ellipses on the
 teeth (they may spill onto the seam, never further), on the fabric (interior or across the fabric
@@ -42,7 +43,8 @@ def _geometry(rng: np.random.Generator, s: int) -> dict:
             "wave_phase": rng.uniform(0, 2 * np.pi, 2),
             "cx": rng.uniform(max(room[0], 0.3 * s), min(room[1], 0.7 * s)),
             "slope": np.tan(np.radians(rng.uniform(-5, 5))), "bend": rng.uniform(-0.05, 0.05) * s,
-            "pitch": rng.uniform(0.022, 0.035) * s, "weave": rng.uniform(0.008, 0.014) * s}
+            "pitch": rng.uniform(0.022, 0.035) * s, "weave": rng.uniform(0.008, 0.014) * s,
+            "ribbed": bool(rng.uniform() < 0.3)}
 
 
 def centre_line(g: dict, y: np.ndarray, s: int) -> np.ndarray:
@@ -94,7 +96,11 @@ def make_photo(seed: int, size: int = 256, kind: str = "good", rgb: bool = False
     fabric_on = (xx >= g["left"] + wave) & (xx < s - g["right"] + g["wave_amp"] * np.sin(
         2 * np.pi * yy[:, :1] / g["wave_len"] + ph[1]))
     q = g["weave"]
-    img = 0.30 + 0.06 * np.sin(2 * np.pi * xx / q) * np.sin(2 * np.pi * yy / q) + 0.04 * np.sin(xx / s * 5 + yy / s * 3)
+    if g["ribbed"]:  # a tape woven in horizontal ribs: texture along y off the zipper too
+        weave = 0.05 * np.sin(2 * np.pi * yy / (1.5 * q)) + 0.02 * np.sin(2 * np.pi * xx / q)
+    else:  # a plain weave: isotropic
+        weave = 0.06 * np.sin(2 * np.pi * xx / q) * np.sin(2 * np.pi * yy / q)
+    img = 0.30 + weave + 0.04 * np.sin(xx / s * 5 + yy / s * 3)
     chain = np.abs(d) <= g["half"]
     seam = ~chain & (np.abs(d) <= g["half"] + SEAM * s)
     img[seam] = (0.24 + 0.05 * np.sin(2 * np.pi * d / (0.007 * s)))[seam]
@@ -107,7 +113,7 @@ def make_photo(seed: int, size: int = 256, kind: str = "good", rgb: bool = False
     n_teeth = int(kind in TEETH_TYPES) * int(rng.integers(1, 3))
     n_fabric = int(kind in FABRIC_TYPES) * int(rng.integers(1, 3))
     if kind == "combined":
-        n_teeth, n_fabric = [(1, 1), (1, 0), (0, 1), (2, 1)][int(rng.integers(4))]
+        n_teeth, n_fabric = [(1, 1), (1, 0), (0, 1), (2, 1)][seed % 4]  # consecutive seeds: every mix
     for _ in range(n_teeth):
         teeth |= _teeth_defect(rng, g, xx, yy, s)
     for _ in range(n_fabric):
