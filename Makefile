@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+EXPERIMENT ?= +experiment=decoy_digits
+
 train: $(STAMP)
-	$(PY) -m ceod.train $(ARGS)
+	$(PY) -m ceod.train $(EXPERIMENT) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)

@@ -7,6 +7,7 @@ training and for the AOI metrics in val/test — never for the prediction: ``for
 from __future__ import annotations
 
 from collections.abc import Mapping
+import itertools
 from typing import Any, Callable
 
 import lightning as L
@@ -155,8 +156,10 @@ class CEODModule(L.LightningModule):
         loader = self.trainer.train_dataloader
         if loader is None:
             return
-        limit = self.trainer.num_training_batches
-        batches = (b["image"].to(self.device) for i, b in enumerate(loader) if i < limit)
+        limit = self.trainer.num_training_batches  # limit_train_batches / fast_dev_run respected
+        limit = None if limit == float("inf") else int(limit)
+        # per process under DDP: each rank's shard (buffers are re-broadcast from rank 0 at the next step)
+        batches = (b["image"].to(self.device) for b in itertools.islice(loader, limit))
         recompute_batchnorm_stats(self.model, batches)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -111,7 +111,8 @@ def count_parameters(model) -> tuple[int, int]:
 
 def format_results(metrics: dict[str, float], confusion=None, stage: str = "test") -> str:
     """The result table printed at the end of a run."""
-    rows = [("accuracy", "acc"), ("AUROC", "auroc"), ("F1", "f1"), ("AOI energy", "aoi_energy"),
+    rows = [("AUROC", "auroc"), ("threshold", "threshold"), ("accuracy", "acc"), ("F1", "f1"),
+            ("accuracy @ 0.5", "acc@0.5"), ("F1 @ 0.5", "f1@0.5"), ("AOI energy", "aoi_energy"),
             ("pointing game", "pointing_game"), ("loss", "loss"), ("OD", "od")]
     lines = [f"{stage} results", "-" * 28]
     for label, key in rows:
@@ -120,7 +121,7 @@ def format_results(metrics: dict[str, float], confusion=None, stage: str = "test
             lines.append(f"{label:<16}{float(value):>12.4f}")
     if confusion is not None:
         cm = confusion.tolist()
-        lines += ["confusion matrix (rows: true, cols: predicted)",
+        lines += ["confusion matrix (rows: true, cols: predicted at the threshold chosen on validation)",
                   f"{'':<10}{'good':>8}{'defect':>8}",
                   f"{'good':<10}{cm[0][0]:>8}{cm[0][1]:>8}",
                   f"{'defect':<10}{cm[1][0]:>8}{cm[1][1]:>8}"]

@@ -10,8 +10,10 @@ the peak bytes of tensors saved for backward (activation memory — where CEOD's
 show; torch does not track CPU allocations itself).
 
 Variants: ``ce_plain`` (F.cross_entropy alone), ``ce`` (ceod's CE: ω = 0, the OD still computed
-without a graph for the train/od log), ``ceod`` (analytic CAM when the head is GAP→linear, else autograd
-with create_graph) and ``ceod_autograd`` (autograd Grad-CAM forced, second-order graph).
+without a graph for the train/od log), ``ceod_paper`` and ``ceod`` (``conf/loss/ceod_paper.yaml`` and
+``conf/loss/ceod.yaml``, the recommended setting; analytic CAM when the head is GAP→linear, else autograd with
+create_graph), ``ceod_cam_res`` (``ceod`` with the overlap at the CAM's resolution) and ``ceod_autograd``
+(``ceod`` with the autograd Grad-CAM forced, second-order graph).
 """
 
 from __future__ import annotations
@@ -23,7 +25,28 @@ import time
 import torch
 from torch import nn
 
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
 from ceod.loss import CEODLoss
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "loss"
+
+
+def loss_from_yaml(name: str, **over) -> CEODLoss:
+    """The loss of conf/loss/<name>.yaml with ``over`` applied."""
+    return instantiate(OmegaConf.merge(loss_from_yaml_cfg(name), over))
+
+
+def loss_from_yaml_cfg(name: str):
+    """conf/loss/<name>.yaml with its defaults list followed."""
+    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    for parent in cfg.pop("defaults", []):
+        if parent != "_self_":
+            cfg = OmegaConf.merge(loss_from_yaml_cfg(parent), cfg)
+    return cfg
 
 
 class SavedBytes:
@@ -91,9 +114,11 @@ def bench(model_name: str, size: int, batch: int, reps: int, warmup: int, device
     analytic = getattr(model, "cam_head_weight", None)
     variants = {
         "ce_plain": (None, None),
-        "ce": (CEODLoss(omega=0.0), analytic),
-        "ceod": (CEODLoss(omega=1e-3), analytic),
-        "ceod_autograd": (CEODLoss(omega=1e-3), None),
+        "ce": (loss_from_yaml("ce"), analytic),
+        "ceod_paper": (loss_from_yaml("ceod_paper"), analytic),
+        "ceod": (loss_from_yaml("ceod"), analytic),
+        "ceod_cam_res": (loss_from_yaml("ceod", resolution="cam"), analytic),
+        "ceod_autograd": (loss_from_yaml("ceod"), None),
     }
     times = {k: [] for k in variants}
     mems = {k: [] for k in variants}
