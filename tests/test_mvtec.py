@@ -254,3 +254,14 @@ def test_channels_and_size_are_configurable(mvtec):
     item = dm.datasets["train"][0]
     assert item["image"].shape == (1, 24, 40) and item["mask"].shape == (24, 40)
     assert torch.is_floating_point(item["image"])
+
+
+def test_preview_samples_every_type_flagged_first():
+    from ceod.data.aoi_preview import pick_across_types
+
+    recs = [{"image": Path(f"{t}/{i:03d}.png"), "type": t} for t in ("good", "rough", "combined") for i in range(9)]
+    flagged = [recs[-1]]
+    picked = pick_across_types(recs, 6, flagged)
+    assert picked[0] is recs[-1] and len(picked) == 6 and len({id(r) for r in picked}) == 6
+    assert {r["type"] for r in picked[1:4]} == {"good", "rough", "combined"}  # round-robin over types
+    assert len(pick_across_types(recs, 100)) == len(recs)
