@@ -51,6 +51,8 @@ MVTEC_URL = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
 DEFAULT_TYPE_LABELS = {"good": 0, "broken_teeth": 1, "combined": 1, "fabric_border": 0, "fabric_interior": 0,
                        "rough": 1, "split_teeth": 1, "squeezed_teeth": 1}
 PREVIEW_NAME = "aoi_preview.png"
+FOLDER_ONLY = {"test_root": None, "manifest": "manifest.csv", "image_dir": "images", "mask_dir": "masks",
+               "class_dirs": {"good": 0, "defect": 1}}  # folder-layout keys, accepted only at their defaults
 
 
 def category_dir(root: Path, category: str = "zipper") -> Path:
@@ -107,8 +109,8 @@ class MVTecZipperDataModule(FolderDataModule):
     def __init__(self, root: str, category: str = "zipper", aoi_dir: str | None = None, aoi_mask: str | None = None,
                  require_aoi: bool = False, relabel: str = "auto", min_share: float = 0.5,
                  type_labels: dict | None = None, aoi_margin: float = 0.03, aoi_preview: int = 16, **kwargs) -> None:
-        for key in ("test_root", "manifest", "image_dir", "mask_dir", "class_dirs"):
-            if key in kwargs:
+        for key, default in FOLDER_ONLY.items():  # conf/data/mvtec_zipper.yaml starts from data=folder
+            if key in kwargs and kwargs.pop(key) != default:
                 raise ConfigError(f"data.{key} does not apply to MVTec AD (its layout is fixed)")
         kwargs.setdefault("image_size", 224)
         kwargs.setdefault("augment", True)
