@@ -22,7 +22,7 @@ from ceod.data.mvtec import MVTecZipperDataModule, main
 from ceod.data.mvtec_aoi import region_shares
 from ceod.data.zipper_aoi import estimate_zipper_aoi
 from ceod.data.zipper_photos import LAYOUT, TEETH_TYPES, build_mvtec_tree, make_photo
-from ceod.errors import DataError
+from ceod.errors import ConfigError, DataError
 
 N_IMAGES = sum(n for _, n in LAYOUT)  # 28
 
@@ -187,6 +187,9 @@ def test_one_aoi_mask_for_every_image(mvtec, tmp_path):
 def test_bad_mvtec_input_is_one_error(mvtec, tmp_path):
     with pytest.raises(DataError, match=r"MVTec AD zipper not found under .*nowhere.*set data.root="):
         MVTecZipperDataModule(str(tmp_path / "nowhere")).setup()
+    with pytest.raises(ConfigError, match=r"data.test_root does not apply to MVTec AD"):
+        MVTecZipperDataModule(str(mvtec), test_root="/elsewhere")
+    MVTecZipperDataModule(str(mvtec), test_root=None, manifest="manifest.csv")  # data=folder's defaults: fine
     with pytest.raises(DataError, match="require_aoi=true but no AOI is given"):
         MVTecZipperDataModule(str(mvtec), require_aoi=True).setup()
     root = tmp_path / "copy"
