@@ -185,8 +185,9 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def _split(keys: list[Path], holdout: int, seed: int) -> tuple[list[Path], list[Path]]:
     k = max(1, len(keys) // 4) if holdout == -1 else holdout
-    if k >= len(keys):
-        raise ConfigError(f"--holdout {k} leaves no drawn mask to train on ({len(keys)} drawn)")
+    if not 0 <= k < len(keys):
+        raise ConfigError(f"--holdout {k} leaves no drawn mask to train on ({len(keys)} drawn)" if k > 0 else
+                          f"--holdout must be ≥ 0, got {k}")
     order = np.random.default_rng(seed).permutation(len(keys))
     return [keys[i] for i in order[:k]], [keys[i] for i in order[k:]]
 
@@ -230,11 +231,13 @@ def run_fit(a: argparse.Namespace) -> str:
             mask = load_mask(drawn[key]).numpy() > 0 if key in drawn else predict_mask(model, image, a.size)
             Image.fromarray(mask.astype(np.uint8) * 255).save(dest)
         report = {"images": len(found), "drawn": len(drawn), "trained_on": [str(x) for x in train],
-                  "held_out": [str(x) for x in held], "held_out_iou": round(held_iou, 4), "model": a.model,
+                  "held_out": [str(x) for x in held], "held_out_iou": round(held_iou, 4) if held else None,
+                  "model": a.model,
                   "size": a.size, "steps": a.steps if a.model == "net" else None, "seed": a.seed,
                   "seconds": round(time.perf_counter() - t0, 1)}
         (tmp / "aoi_fit.json").write_text(json.dumps(report, indent=2) + "\n")
-    return (f"held-out IoU {held_iou:.3f} ({len(held)} of {len(drawn)} drawn masks held out, {a.model} trained on "
+    held_text = f"held-out IoU {held_iou:.3f}" if held else "held-out IoU n/a"
+    return (f"{held_text} ({len(held)} of {len(drawn)} drawn masks held out, {a.model} trained on "
             f"{len(train)}, {report['seconds']:.0f} s); wrote {len(found)} AOI masks to {out} "
             f"({len(found) - len(drawn)} predicted) — use it as data.aoi_dir (MVTec) or data.mask_dir (data=folder)")
 
