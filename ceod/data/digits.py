@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ceod.data.layout import CLASS_DIRS, atomic_directory, write_manifest
-from ceod.errors import CeodError, DataError
+from ceod.data.layout import CLASS_DIRS, atomic_directory, require_empty, write_manifest
+from ceod.errors import CeodError
 
 GENERATOR_VERSION = 1
 
@@ -130,8 +130,7 @@ def generate(out: str | Path, cfg: DigitsConfig | None = None, overwrite: bool =
     """Write a dataset to ``out`` (layout in the module docstring); atomic: nothing half-written is left."""
     cfg = cfg or DigitsConfig()
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise DataError(f"output folder {out} exists and is not empty (pass overwrite=True)")
+    require_empty(out, overwrite, "overwrite=True")
     scans, digits = _load_scans()
     keep = np.flatnonzero(np.isin(digits, cfg.defect_digits + cfg.good_digits))
     labels = np.isin(digits[keep], cfg.defect_digits).astype(int)

@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ceod.data.layout import CLASS_DIRS, atomic_directory, write_manifest
-from ceod.errors import CeodError, DataError
+from ceod.data.layout import CLASS_DIRS, atomic_directory, require_empty, write_manifest
+from ceod.errors import CeodError
 
 GENERATOR_VERSION = 1
 MARK_TYPES = ("blob", "scratch", "patch")
@@ -275,9 +275,7 @@ def generate(out: str | Path, cfg: SyntheticConfig | None = None, overwrite: boo
     """
     cfg = replace(cfg or SyntheticConfig(), **overrides)
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise DataError(f"output folder {out} exists and is not empty (pass overwrite=True / --overwrite)")
+    require_empty(out, overwrite, "overwrite=True / --overwrite")
     with atomic_directory(out) as tmp:
         labels = np.array([0] * cfg.n_good + [1] * cfg.n_defect)
         order = np.random.default_rng([cfg.seed, 3]).permutation(len(labels))
