@@ -268,3 +268,15 @@ def test_preview_samples_every_type_flagged_first():
     assert picked[0] is recs[-1] and len(picked) == 6 and len({id(r) for r in picked}) == 6
     assert {r["type"] for r in picked[1:4]} == {"good", "rough", "combined"}  # round-robin over types
     assert len(pick_across_types(recs, 100)) == len(recs)
+
+
+def test_estimate_without_zipper_texture_is_flagged(mvtec, tmp_path, capsys):
+    root = tmp_path / "copy"
+    shutil.copytree(mvtec / "zipper", root / "zipper")
+    plain = root / "zipper" / "test" / "good" / "001.png"
+    rng = np.random.default_rng(0)
+    fabric = 0.3 + 0.06 * np.sin(np.arange(256) * 2.1)[None, :] * np.sin(np.arange(256) * 2.1)[:, None]
+    Image.fromarray(((fabric + rng.normal(0, 0.02, (256, 256))) * 255).astype(np.uint8)).save(plain)
+    MVTecZipperDataModule(str(root), image_size=32, manifest_out=str(tmp_path / "run")).setup()
+    out = capsys.readouterr().out
+    assert "no zipper teeth texture found in 1 image(s)" in out and "test/good/001.png" in out, out

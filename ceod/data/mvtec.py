@@ -22,8 +22,8 @@ Layout read (the standard MVTec AD tree; ``data.root`` is the folder holding ``z
    map ``type_labels`` (fabric_* → good). ``auto`` (default): geometry with ``aoi_dir``/``aoi_mask``,
    else type. ``data_manifest.csv`` in ``manifest_out`` records per image the type, the regions,
    their shares inside the AOI, the rule that decided, and whether the label changed.
-4. **Sanity checks**: an AOI mostly on saturated background, or geometry turning most teeth-type
-   defects good, is a warning naming the images (an error with ``require_aoi: true``); the preview
+4. **Sanity checks**: an AOI mostly on saturated background, an estimate that found no teeth texture,
+   or geometry turning most teeth-type defects good, is a warning naming the images (an error with ``require_aoi: true``); the preview
    ``manifest_out/aoi_preview.png`` shows a sample across types with AOI and defect outlines.
 
 CLI: ``python -m ceod.data.mvtec aoi --root ROOT --out DIR`` writes the estimated AOIs in the

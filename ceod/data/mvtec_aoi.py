@@ -22,6 +22,7 @@ from ceod.data.zipper_aoi import background, estimate_zipper_aoi, work_gray
 from ceod.errors import DataError
 
 SATURATED_MAX = 0.5  # warn when more of an AOI than this lies on saturated background
+MIN_CONFIDENCE = 3.0  # warn when an estimate's teeth score is below this many times the fabric's
 EIGHT = np.ones((3, 3), bool)
 
 
@@ -126,6 +127,11 @@ def sanity_messages(recs: list[dict], rule: str, type_labels: dict[str, int], pr
         msgs.append(f"the AOI of {len(sat)} image(s) lies mostly (> {SATURATED_MAX:.0%}) on saturated background, not "
                     f"on the zipper: {names(sat)} — check {preview}")
         flagged += sat
+    weak = [r for r in recs if r.get("confidence", MIN_CONFIDENCE) < MIN_CONFIDENCE]
+    if weak:
+        msgs.append(f"no zipper teeth texture found in {len(weak)} image(s) (teeth score < {MIN_CONFIDENCE:g}× the "
+                    f"fabric's): {names(weak)} — their estimated AOI is a guess; check {preview}")
+        flagged += [r for r in weak if r not in flagged]
     teeth = [r for r in recs if type_labels.get(r["type"]) == 1 and r["type"] != "combined"]
     lost = [r for r in teeth if r["label"] == 0]
     if rule == "geometry" and teeth and len(lost) > len(teeth) / 2:
