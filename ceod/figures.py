@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 CLASS_NAMES = ("good", "defect")
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once: files written via mkstemp get the usual permissions, not 0600
-_JET = (colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)  # 256×3 lookup table
+JET = (colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)  # 256×3 lookup table
 
 
 def display_image(image: np.ndarray, stretch: bool = True) -> np.ndarray:
@@ -44,7 +44,7 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, stretch: b
     h = np.asarray(heat, dtype=np.float32)
     top = float(h.max()) if h.size else 0.0
     rel = h / top if top > 0 else np.zeros_like(h)
-    colour = _JET[np.clip((rel * 255).round(), 0, 255).astype(np.uint8)].astype(np.float32) / 255
+    colour = JET[np.clip((rel * 255).round(), 0, 255).astype(np.uint8)].astype(np.float32) / 255
     weight = alpha * rel[..., None]  # cold pixels show the image, hot ones the colour
     return ((1 - weight) * base * 255 + weight * colour * 255).round().clip(0, 255).astype(np.uint8)
 
