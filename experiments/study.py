@@ -38,7 +38,7 @@ METHODS: dict[str, list[str]] = {
     "ce": ["loss=ce"],
     "ceod_paper": ["loss=ceod_paper"],
     "ceod": ["loss=ceod"],
-    "ceod_omega0.3": ["loss=ceod", "loss.omega=0.3"],
+    "ceod_nodilation": ["loss=ceod", "loss.kernel_size=3", "loss.kernel_value=0.5", "loss.filter_normalize=sum"],
     "rrr": ["loss=rrr"],
     "energy": ["loss=energy"],
     "bg_random": ["loss=bg_random"],

@@ -30,12 +30,12 @@ def test_fast_dev_run_from_composed_config(make_cfg, tiny_root, loss):
     results = train(cfg)
     assert {"train/loss", "test/auroc", "test/acc", "test/f1", "test/aoi_energy", "test/pointing_game"} <= set(results)
     assert all(v == v for k, v in results.items() if k.startswith("train/"))  # no NaN
-    assert cfg.loss.omega == (0.0 if loss == "ce" else 0.001)
+    assert cfg.loss.omega == {"ce": 0.0, "ceod": 1.0, "ceod_linear": 0.001}[loss]
 
 
 def test_default_config_is_ceod_on_synthetic_zipper(make_cfg):
     cfg = make_cfg()
-    assert cfg.loss._target_ == "ceod.loss.CEODLoss" and cfg.loss.omega == 0.001
+    assert cfg.loss._target_ == "ceod.loss.CEODLoss" and cfg.loss.omega == 1.0
     assert cfg.data.variant == "synthetic_zipper" and cfg.data.batch_size == 32
     assert cfg.optimizer._target_ == "torch.optim.Adamax" and cfg.optimizer.lr == 0.002
     assert cfg.trainer.inference_mode is False
@@ -129,7 +129,8 @@ def test_generator_list_values_and_requeue_resume(make_cfg, tmp_path, capsys):
 def test_loss_configs_instantiate(make_cfg):
     for name, expect in (("ce", dict(omega=0.0)),
                          ("ceod_paper", dict(omega=0.001, variant="log", filter_normalize="none", tau=0.5, cam_score="logit")),
-                         ("ceod", dict(omega=1.0, variant="log", filter_normalize="sum", tau=0.0, cam_score="margin")),
+                         ("ceod", dict(omega=1.0, variant="log", filter_normalize="clip", kernel_size=9, kernel_value=1.0,
+                                       tau=0.0, cam_score="margin")),
                          ("ceod_linear", dict(variant="linear")),
                          ("ceod_normalized", dict(omega=0.1, tau=0.0, filter_normalize="sum"))):
         loss = instantiate(make_cfg(f"loss={name}").loss)
