@@ -187,7 +187,7 @@ class HeatMapFigures(Callback):
         if not trainer.is_global_zero or not self._test.get("label"):
             return
         labels, probs, thr, step = self._test["label"], self._test["prob"], _threshold(pl_module), trainer.global_step
-        from ceod.predict import write_csv
+        from ceod.cli import write_csv
 
         write_csv(self._dir(trainer) / "test_scores.csv", ["path", "label", "defect_score"],
                   [(p, y, f"{s:.8f}") for p, y, s in zip(self._test["path"], labels, probs)])

@@ -1,4 +1,5 @@
-"""The small ``key=value`` command lines of ``ceod.predict``, ``ceod.report`` and ``ceod.export``.
+"""The small ``key=value`` command lines of ``ceod.predict``, ``ceod.report`` and ``ceod.export``, and
+their outputs (a checked output folder, CSVs written whole).
 
 Same look as the Hydra entry point (``python -m ceod.predict ckpt=run/checkpoints/last.ckpt input=imgs/``);
 a user error is one ``error: …`` line on stderr and exit code 2.
@@ -6,10 +7,14 @@ a user error is one ``error: …`` line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import csv
+import io
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any, Callable
 
-from ceod.errors import CeodError, ConfigError
+from ceod.errors import CeodError, ConfigError, DataError
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
@@ -65,3 +70,27 @@ def run(fn: Callable[[], Any]) -> Any:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def prepare_out(out: str | Path) -> tuple[Path, bool]:
+    """Create ``out`` and prove it writable (a temp file), before any work → (out, whether it was created)."""
+    out = Path(out)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise DataError(f"output folder not writable: {out} ({e.strerror or e})") from None
+    return out, created
+
+
+def write_csv(path: Path, header: list[str], rows: list) -> Path:
+    """A CSV written whole (temp file + rename)."""
+    from ceod.figures import atomic_write
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))

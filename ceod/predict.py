@@ -12,9 +12,7 @@ batch by batch (never all in memory) with the exact preprocessing of training, r
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import os
 import shutil
 import sys
@@ -33,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ceod import figures
 from ceod.cam import grad_cam
+from ceod.cli import prepare_out, write_csv
 from ceod.errors import CeodError, ConfigError, DataError
 
 USAGE = ("python -m ceod.predict ckpt=FILE input=DIR|FILE|GLOB out=DIR [threshold=T] [heatmaps=true] "
@@ -154,28 +153,6 @@ class ImageFiles(Dataset):
 
 
 # ----------------------------------------------------------------------------- outputs
-def prepare_out(out: str | Path) -> tuple[Path, bool]:
-    """Create ``out`` and prove it writable (a temp file), before any work → (out, whether it was created)."""
-    out = Path(out)
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as e:
-        raise DataError(f"output folder not writable: {out} ({e.strerror or e})") from None
-    return out, created
-
-
-def write_csv(path: Path, header: list[str], rows: list) -> Path:
-    """A CSV written whole (temp file + rename)."""
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(header)
-    w.writerows(rows)
-    return figures.atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
-
-
 def heatmap_names(names: list[str]) -> list[str]:
     """``a/b.png`` → ``a/b.png``, ``a/b.bmp`` → ``a/b.png``; when two files share a stem the suffix stays in."""
     stems = [str(Path(n).with_suffix("")) for n in names]
