@@ -55,6 +55,8 @@ def test_batch(bench: str, data_dir: Path, n: int) -> dict:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
+    import ceod.train  # noqa: F401  (resolvers)
+
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*study.BENCHMARKS[bench], f"paths.data_dir={data_dir}",

@@ -16,15 +16,14 @@ manifest.csv, geometry.jsonl, meta.json), so ``data=decoy_digits`` reads it like
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ceod.data.layout import CLASS_DIRS, atomic_directory, require_empty, write_manifest
+from ceod.data.generated import preset, seeded_split, write_generated
 from ceod.errors import CeodError
 
 GENERATOR_VERSION = 1
@@ -114,50 +113,22 @@ def make_sample(cfg: DigitsConfig, scan: np.ndarray, index: int, label: int, spl
     return np.clip(img, 0.0, 1.0), aoi, {"box": [x0, y0, d, d], "decoy": decoy}
 
 
-def _splits(cfg: DigitsConfig, labels: np.ndarray) -> list[str]:
-    rng = np.random.default_rng([cfg.seed, 7])
-    out = [""] * len(labels)
-    for cls in (0, 1):
-        idx = np.flatnonzero(labels == cls)
-        rng.shuffle(idx)
-        n_tr, n_va = (int(round(f * len(idx))) for f in cfg.split[:2])
-        for k, i in enumerate(idx):
-            out[i] = "train" if k < n_tr else "val" if k < n_tr + n_va else "test"
-    return out
-
-
 def generate(out: str | Path, cfg: DigitsConfig | None = None, overwrite: bool = False) -> Path:
     """Write a dataset to ``out`` (layout in the module docstring); atomic: nothing half-written is left."""
     cfg = cfg or DigitsConfig()
-    out = Path(out)
-    require_empty(out, overwrite, "overwrite=True")
     scans, digits = _load_scans()
     keep = np.flatnonzero(np.isin(digits, cfg.defect_digits + cfg.good_digits))
     labels = np.isin(digits[keep], cfg.defect_digits).astype(int)
-    splits = _splits(cfg, labels)
-    with atomic_directory(out) as tmp:
-        rows, geoms = [], []
+    splits = seeded_split(cfg.seed, labels, cfg.split)
+
+    def samples():
         for i, (src, label, split) in enumerate(zip(keep.tolist(), labels.tolist(), splits)):
             img, aoi, geom = make_sample(cfg, scans[src], i, label, split)
-            rel_img, rel_mask = f"images/{CLASS_DIRS[label]}/{i:05d}.png", f"masks/{CLASS_DIRS[label]}/{i:05d}.png"
-            Image.fromarray((img * 255 + 0.5).astype(np.uint8), mode="L").save(tmp / rel_img)
-            Image.fromarray(aoi.astype(np.uint8) * 255, mode="L").save(tmp / rel_mask)
-            rows.append({"image": rel_img, "mask": rel_mask, "label": label, "split": split})
-            geoms.append({"image": rel_img, "label": label, "split": split, "digit": int(digits[src]),
-                          "scan": src, **geom})
-        write_manifest(tmp / "manifest.csv", rows, ["image", "mask", "label", "split"])
-        (tmp / "geometry.jsonl").write_text("".join(json.dumps(g) + "\n" for g in geoms))
-        meta = {"generator": "ceod.data.digits", "version": GENERATOR_VERSION, "config": asdict(cfg)}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return out
+            yield img, aoi, label, split, {"digit": int(digits[src]), "scan": src, **geom}
+
+    return write_generated(Path(out), samples(), "ceod.data.digits", GENERATOR_VERSION, cfg, overwrite)
 
 
 def config_for(variant: str = "decoy_digits", **overrides) -> DigitsConfig:
     """The named variant's config with ``overrides`` applied (None values are ignored)."""
-    if variant not in VARIANTS:
-        raise CeodError(f"unknown digits variant {variant!r}; choose one of {sorted(VARIANTS)}")
-    overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None}
-    unknown = sorted(set(overrides) - set(DigitsConfig.__dataclass_fields__))
-    if unknown:
-        raise CeodError(f"unknown digits generator option(s) {unknown}; known: {sorted(DigitsConfig.__dataclass_fields__)}")
-    return replace(VARIANTS[variant], **overrides)
+    return preset(VARIANTS, variant, "digits", **overrides)

@@ -30,13 +30,12 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from ceod.data.layout import CLASS_DIRS, atomic_directory, require_empty, write_manifest
+from ceod.data.generated import preset, seeded_split, write_generated
 from ceod.errors import CeodError
 
 GENERATOR_VERSION = 1
@@ -225,19 +224,6 @@ def _place_decoy(rng, aoi: np.ndarray, cfg: SyntheticConfig) -> dict:
     return {"type": "decoy", "cx": round(float(cx), 4), "cy": round(float(cy), 4), "r": r, "contrast": cfg.decoy_contrast}
 
 
-def _splits(cfg: SyntheticConfig, labels: np.ndarray) -> list[str]:
-    rng = np.random.default_rng([cfg.seed, 7])
-    out = [""] * len(labels)
-    for cls in (0, 1):
-        idx = np.flatnonzero(labels == cls)
-        rng.shuffle(idx)
-        n_tr = int(round(cfg.split[0] * len(idx)))
-        n_va = int(round(cfg.split[1] * len(idx)))
-        for k, i in enumerate(idx):
-            out[i] = "train" if k < n_tr else "val" if k < n_tr + n_va else "test"
-    return out
-
-
 def make_sample(cfg: SyntheticConfig, index: int, label: int, split: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """One image (size×size float in [0,1]), its AOI (bool) and its geometry record."""
     rng = np.random.default_rng([cfg.seed, index, 1])
@@ -274,37 +260,21 @@ def generate(out: str | Path, cfg: SyntheticConfig | None = None, overwrite: boo
     ``overrides`` replace fields of ``cfg`` (default: the ``synthetic_zipper`` variant).
     """
     cfg = replace(cfg or SyntheticConfig(), **overrides)
-    out = Path(out)
-    require_empty(out, overwrite, "overwrite=True / --overwrite")
-    with atomic_directory(out) as tmp:
-        labels = np.array([0] * cfg.n_good + [1] * cfg.n_defect)
-        order = np.random.default_rng([cfg.seed, 3]).permutation(len(labels))
-        labels = labels[order]
-        splits = _splits(cfg, labels)
-        rows, geoms = [], []
+    labels = np.array([0] * cfg.n_good + [1] * cfg.n_defect)
+    labels = labels[np.random.default_rng([cfg.seed, 3]).permutation(len(labels))]
+    splits = seeded_split(cfg.seed, labels, cfg.split)
+
+    def samples():
         for i, (label, split) in enumerate(zip(labels.tolist(), splits)):
             img, aoi, geom = make_sample(cfg, i, label, split)
-            rel_img = f"images/{CLASS_DIRS[label]}/{i:05d}.png"
-            rel_mask = f"masks/{CLASS_DIRS[label]}/{i:05d}.png"
-            Image.fromarray((img * 255 + 0.5).astype(np.uint8), mode="L").save(tmp / rel_img)
-            Image.fromarray(aoi.astype(np.uint8) * 255, mode="L").save(tmp / rel_mask)
-            rows.append({"image": rel_img, "mask": rel_mask, "label": label, "split": split})
-            geoms.append({"image": rel_img, "label": label, "split": split, **geom})
-        write_manifest(tmp / "manifest.csv", rows, ["image", "mask", "label", "split"])
-        with open(tmp / "geometry.jsonl", "w") as f:
-            for g in geoms:
-                f.write(json.dumps(g) + "\n")
-        meta = {"generator": "ceod.data.synthetic", "version": GENERATOR_VERSION, "config": asdict(cfg)}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return out
+            yield img, aoi, label, split, geom
+
+    return write_generated(Path(out), samples(), "ceod.data.synthetic", GENERATOR_VERSION, cfg, overwrite)
 
 
 def config_for(variant: str = "synthetic_zipper", **overrides) -> SyntheticConfig:
     """The named variant's config with ``overrides`` applied (None values are ignored)."""
-    if variant not in VARIANTS:
-        raise CeodError(f"unknown synthetic variant {variant!r}; choose one of {sorted(VARIANTS)}")
-    overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None}
-    return replace(VARIANTS[variant], **overrides)
+    return preset(VARIANTS, variant, "synthetic", **overrides)
 
 
 def read_meta(root: str | Path) -> dict | None:

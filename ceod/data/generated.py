@@ -1,0 +1,64 @@
+"""What the generated benchmarks (:mod:`ceod.data.synthetic`, :mod:`ceod.data.digits`) share: named presets,
+the seeded per-class split, and the writer of the folder layout (images/, masks/, manifest.csv,
+geometry.jsonl, meta.json) — atomic, so a reader never sees a half-written dataset.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ceod.data.layout import CLASS_DIRS, atomic_directory, require_empty, write_manifest
+from ceod.errors import CeodError
+
+
+def preset(variants: dict, variant: str, kind: str, **overrides):
+    """``variants[variant]`` (a frozen dataclass) with ``overrides`` applied; None values are ignored, lists
+    become tuples; an unknown variant or field is a CeodError naming it."""
+    if variant not in variants:
+        raise CeodError(f"unknown {kind} variant {variant!r}; choose one of {sorted(variants)}")
+    overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None}
+    known = type(variants[variant]).__dataclass_fields__
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise CeodError(f"unknown {kind} generator option(s) {unknown}; known: {sorted(known)}")
+    return replace(variants[variant], **overrides)
+
+
+def seeded_split(seed: int, labels: np.ndarray, fractions: tuple[float, float, float]) -> list[str]:
+    """train/val/test per image (labels N ∈ {0, 1}), per class in the given proportions, shuffled with
+    ``seed`` — deterministic, so a generated dataset is the same bytes on every machine."""
+    rng = np.random.default_rng([seed, 7])
+    out = [""] * len(labels)
+    for cls in (0, 1):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        n_tr, n_va = (int(round(f * len(idx))) for f in fractions[:2])
+        for k, i in enumerate(idx):
+            out[i] = "train" if k < n_tr else "val" if k < n_tr + n_va else "test"
+    return out
+
+
+def write_generated(out: Path, samples: Iterable[tuple[np.ndarray, np.ndarray, int, str, dict]], generator: str,
+                    version: int, cfg, overwrite: bool = False) -> Path:
+    """Write ``samples`` — (image H×W float in [0, 1], AOI H×W bool, label, split, geometry record) — to ``out``
+    in the folder layout, with ``meta.json`` naming the generator, its version and ``cfg`` (a dataclass)."""
+    require_empty(out, overwrite, "overwrite=True / --overwrite")
+    with atomic_directory(out) as tmp:
+        rows, geoms = [], []
+        for i, (img, aoi, label, split, geom) in enumerate(samples):
+            rel_img, rel_mask = f"images/{CLASS_DIRS[label]}/{i:05d}.png", f"masks/{CLASS_DIRS[label]}/{i:05d}.png"
+            Image.fromarray((img * 255 + 0.5).astype(np.uint8), mode="L").save(tmp / rel_img)
+            Image.fromarray(aoi.astype(np.uint8) * 255, mode="L").save(tmp / rel_mask)
+            rows.append({"image": rel_img, "mask": rel_mask, "label": label, "split": split})
+            geoms.append({"image": rel_img, "label": label, "split": split, **geom})
+        write_manifest(tmp / "manifest.csv", rows, ["image", "mask", "label", "split"])
+        (tmp / "geometry.jsonl").write_text("".join(json.dumps(g) + "\n" for g in geoms))
+        meta = {"generator": generator, "version": version, "config": asdict(cfg)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
