@@ -4,7 +4,8 @@ and the time spent inside the callback's hooks (Lightning's SimpleProfiler).
     python experiments/bench_figures.py                          # default data (400 images, 128 px), 3 epochs
     python experiments/bench_figures.py --epochs 20 --repeats 1  # the default run of `make train`
 
-Each repeat trains and tests twice, figures on then off, in this process (same data cache, same seed);
+After a 1-epoch warm-up run, each repeat trains and tests twice, figures on and off (the order alternates
+between repeats), in this process (same data cache, same seed);
 ``--overrides`` are passed to the config as on the command line. The callback's share = its hooks' total
 time (fit + test) ÷ the run's wall time; the wall-time ratio is reported too but moves by several
 percent between runs on a shared machine.
@@ -28,8 +29,8 @@ from ceod.train import train
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
-def run(tmp: Path, name: str, figures: bool, overrides: list[str]) -> tuple[float, float]:
-    """(wall seconds of train(), seconds inside HeatMapFigures hooks)."""
+def run(tmp: Path, name: str, figures: bool, overrides: list[str]) -> tuple[float, dict[str, float]]:
+    """(wall seconds of train(), {hook: seconds inside it} for the HeatMapFigures hooks)."""
     prof = tmp / f"prof_{name}"
     over = [*overrides, "logger=default", "trainer.enable_progress_bar=false",
             "+trainer.profiler._target_=lightning.pytorch.profilers.SimpleProfiler",
@@ -52,7 +53,7 @@ def run(tmp: Path, name: str, figures: bool, overrides: list[str]) -> tuple[floa
             if "HeatMapFigures" in line:
                 cells = [c.strip() for c in line.split("|") if c.strip()]  # action | mean | calls | total | share
                 hooks[cells[0]] = max(hooks.get(cells[0], 0.0), float(cells[3]))
-    return wall, sum(hooks.values())
+    return wall, hooks
 
 
 def main() -> None:
@@ -64,14 +65,22 @@ def main() -> None:
     overrides = [f"trainer.max_epochs={args.epochs}", *args.overrides]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        run(Path(tmp), "warmup", True, ["trainer.max_epochs=1", *args.overrides])  # imports, data cache, kernels
         for k in range(args.repeats):
-            on, hooks = run(Path(tmp), f"on{k}", True, overrides)
-            off, _ = run(Path(tmp), f"off{k}", False, overrides)
+            if k % 2:  # alternate the order: load on this shared machine drifts
+                off, _ = run(Path(tmp), f"off{k}", False, overrides)
+                on, hooks = run(Path(tmp), f"on{k}", True, overrides)
+            else:
+                on, hooks = run(Path(tmp), f"on{k}", True, overrides)
+                off, _ = run(Path(tmp), f"off{k}", False, overrides)
             rows.append((on, off, hooks))
     print(f"overrides: {' '.join(overrides)}")
     print(f"{'repeat':<8}{'with (s)':>10}{'without (s)':>13}{'wall ratio':>12}{'in hooks (s)':>14}{'hooks ÷ run':>13}")
     for k, (on, off, hooks) in enumerate(rows):
-        print(f"{k:<8}{on:>10.1f}{off:>13.1f}{on / off:>12.3f}{hooks:>14.2f}{hooks / on:>13.1%}")
+        total = sum(hooks.values())
+        print(f"{k:<8}{on:>10.1f}{off:>13.1f}{on / off:>12.3f}{total:>14.2f}{total / on:>13.1%}")
+    print("largest hooks (s, last repeat): " + ", ".join(
+        f"{name.split('.')[-1]} {sec:.2f}" for name, sec in sorted(rows[-1][2].items(), key=lambda kv: -kv[1])[:4]))
 
 
 if __name__ == "__main__":
