@@ -487,3 +487,17 @@ def test_bad_argument_of_a_part_names_its_target(make_cfg):
     message = one_line(e.value)
     assert message is not None and "\n" not in message, message
     assert message.startswith("bad arguments for ceod.models.custom_cnn.CustomCNN (model): ") and "depth" in message
+
+
+def test_custom_cnn_earlier_cam_block_gives_a_finer_map_and_the_autograd_path():
+    from ceod.errors import ConfigError
+
+    x = torch.rand(2, 1, 64, 64)
+    last, early = CustomCNN(in_chans=1), CustomCNN(in_chans=1, cam_block=6)
+    early.load_state_dict(last.state_dict())
+    (l1, f1), (l2, f2) = last(x), early(x)
+    torch.testing.assert_close(l1, l2)  # same network, only the CAM layer differs
+    assert f1.shape[-1] == 8 and f2.shape[-2:] == (16, 16) and early.cam_head_weight is None
+    assert grad_cam(f2, l2, 1, None).shape == (2, 16, 16)
+    with pytest.raises(ConfigError, match="model.cam_block"):
+        CustomCNN(in_chans=1, cam_block=9)

@@ -47,6 +47,9 @@ class CustomCNN(nn.Module):
         return self.head.weight if self._cam_index == len(self.features) - 1 else None
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.cam_head_weight is not None:  # the last block: the CAM layer is the whole feature stack
+            feats = self.features(x)
+            return self.head(feats.mean(dim=(2, 3))), feats
         cam = None
         for i, layer in enumerate(self.features):
             x = layer(x)
