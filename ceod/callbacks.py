@@ -42,8 +42,9 @@ def defect_heat(model: torch.nn.Module, pl_module: L.LightningModule,
     the CPU; defect class and CAM score are ``pl_module``'s."""
     from ceod.predict import score_images
 
+    opts = getattr(getattr(pl_module, "loss", None), "opts", None)  # the loss's CAM: score and sign
     prob, heat = score_images(model, images, int(getattr(pl_module, "defect_class", 1)),
-                              getattr(getattr(pl_module, "loss", None), "cam_score", "logit"))
+                              getattr(opts, "cam_score", "logit"), getattr(opts, "heat_sign", "relu"))
     return prob.cpu(), heat.cpu()
 
 
@@ -211,17 +212,15 @@ def _threshold(pl_module: L.LightningModule) -> float:
 
 
 def _tau(pl_module: L.LightningModule) -> float:
-    """The loss's hottest-pixel fraction τ (drawn as a contour), 0.5 when the loss has none."""
-    loss = getattr(pl_module, "loss", None)
-    options = getattr(loss, "options", None)
-    if isinstance(options, dict):
-        return float(options.get("tau", 0.5))
-    return float(getattr(options, "tau", getattr(loss, "tau", 0.5)))
+    """The loss's hottest-pixel fraction τ (drawn as a contour); 0.5 when the loss has none or uses the
+    whole heat map (τ = 0), where a contour at 0 would outline everything."""
+    tau = getattr(getattr(getattr(pl_module, "loss", None), "opts", None), "tau", 0.0)
+    return float(tau) if tau > 0 else 0.5
 
 
 class InferenceRecord(Callback):
     """Writes ``checkpoint["ceod_inference"]``: {"model": Hydra config with _target_, "preprocess":
-    {"image_size", "channels", "mean", "std"}, "cam_score", "defect_class"}, plain Python values only.
+    {"image_size", "channels", "mean", "std"}, "cam_score", "heat_sign", "defect_class"}, plain Python values only.
 
     The configured preprocessing is replaced by the DataModule's actual one when it has the same
     attributes (e.g. pretrained mean/std filled in at run time).
@@ -244,9 +243,12 @@ class InferenceRecord(Callback):
             pre["image_size"] = [pre["image_size"], pre["image_size"]]
         for key in ("mean", "std"):
             pre[key] = [float(v) for v in pre[key]] if pre[key] is not None else None
-        cam_score = getattr(getattr(pl_module, "loss", None), "cam_score", self.cam_score)
+        opts = getattr(getattr(pl_module, "loss", None), "opts", None)
+        cam_score = getattr(opts, "cam_score", self.cam_score)
+        heat_sign = getattr(opts, "heat_sign", "relu")
         defect_class = int(getattr(pl_module, "defect_class", self.defect_class))
-        return {"model": self.model, "preprocess": pre, "cam_score": cam_score, "defect_class": defect_class}
+        return {"model": self.model, "preprocess": pre, "cam_score": cam_score, "heat_sign": heat_sign,
+                "defect_class": defect_class}
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint["ceod_inference"] = self.record(trainer, pl_module)

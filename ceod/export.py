@@ -31,9 +31,10 @@ class Deployable(nn.Module):
     """image B×C×H×W in [0, 1] → P(defect) B, or (P(defect) B, heat B×H×W) with ``heatmap``."""
 
     def __init__(self, net: nn.Module, preprocess: dict, defect_class: int = 1, cam_score: str = "logit",
-                 heatmap: bool = False) -> None:
+                 heatmap: bool = False, heat_sign: str = "relu") -> None:
         super().__init__()
         self.net, self.defect_class, self.cam_score, self.heatmap = net.eval(), defect_class, cam_score, heatmap
+        self.heat_sign = heat_sign
         c = int(preprocess["channels"])
         mean, std = preprocess.get("mean"), preprocess.get("std")
         self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.0] * c).view(1, -1, 1, 1))
@@ -48,7 +49,7 @@ class Deployable(nn.Module):
         if not self.heatmap:
             return prob
         heat = grad_cam(feats, None, self.defect_class, self.net.cam_head_weight, size=tuple(image.shape[-2:]),
-                        score=self.cam_score)
+                        score=self.cam_score, sign=self.heat_sign)
         return prob, heat
 
 
@@ -62,7 +63,7 @@ def deployable(ckpt_path: str | Path, heatmap: bool = False) -> tuple[Deployable
     size = pre["image_size"]
     h, w = (size, size) if isinstance(size, int) else size
     model = Deployable(build_model(ckpt, ckpt_path), pre, int(record.get("defect_class", 1)),
-                       record.get("cam_score", "logit"), heatmap)
+                       record.get("cam_score", "logit"), heatmap, record.get("heat_sign", "relu"))
     return model.eval(), torch.rand(2, int(pre["channels"]), h, w)
 
 

@@ -89,7 +89,7 @@ def threshold_of(ckpt: dict, override: float | None = None) -> float:
     return value
 
 
-def score_images(model: nn.Module, images: Tensor, defect_class: int = 1, cam_score: str = "logit",
+def score_images(model: nn.Module, images: Tensor, defect_class: int = 1, cam_score: str = "logit", sign: str = "relu",
                  heat: bool = True) -> tuple[Tensor, Tensor | None]:
     """(P(defect) B, Grad-CAM heat of the defect class B×H×W or None), detached, for B×C×H×W images."""
     head_weight = getattr(model, "cam_head_weight", None)
@@ -99,7 +99,7 @@ def score_images(model: nn.Module, images: Tensor, defect_class: int = 1, cam_sc
         if heat:  # small elementwise work: on the CPU one thread costs 10× less than spinning ones
             with one_thread() if images.device.type == "cpu" else nullcontext():
                 cam = grad_cam(feats, logits, defect_class, head_weight, create_graph=False,
-                               size=tuple(images.shape[-2:]), score=cam_score).detach().float()
+                               size=tuple(images.shape[-2:]), score=cam_score, sign=sign).detach().float()
     return logits.detach().float().softmax(dim=1)[:, defect_class], cam
 
 
@@ -224,7 +224,7 @@ def _score_all(model: nn.Module, record: dict, images: list[tuple[Path, str]], t
     loader = DataLoader(ImageFiles([p for p, _ in images], record["preprocess"]), batch_size=batch_size,
                         num_workers=num_workers or 0, pin_memory=dev.type == "cuda")
     rows, skipped, pending = [], [], deque()
-    cls, score = int(record.get("defect_class", 1)), record.get("cam_score", "logit")
+    cls, score, sign = int(record.get("defect_class", 1)), record.get("cam_score", "logit"), record.get("heat_sign", "relu")
     batches = iter(tqdm(loader, desc="predict", unit="batch", file=sys.stderr,
                         disable=(not progress) if progress is not None else None))
     with ThreadPoolExecutor(max_workers=1) as writer:  # PNG encoding overlaps the next batch
@@ -241,7 +241,7 @@ def _score_all(model: nn.Module, record: dict, images: list[tuple[Path, str]], t
             idx, x = (batch["index"].tolist(), batch["image"]) if ok.all() else (batch["index"][ok].tolist(),
                                                                                  batch["image"][ok])
             x = x.to(dev, non_blocking=True)
-            prob, heat = score_images(model, x, cls, score, heat=heat_dir is not None)
+            prob, heat = score_images(model, x, cls, score, sign, heat=heat_dir is not None)
             for i, p in zip(idx, prob.cpu().tolist()):
                 rows.append((str(images[i][0]), f"{p:.8f}", int(p >= thr), figures.CLASS_NAMES[int(p >= thr)]))
             if heat_dir is not None:
