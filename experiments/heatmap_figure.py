@@ -74,6 +74,7 @@ def test_batch(bench: str, data_dir: Path, n: int) -> dict:
 
 
 def draw(rows: dict[str, tuple[np.ndarray, np.ndarray]], images: np.ndarray, masks: np.ndarray, path: Path) -> None:
+    """One row per method: images N×C×H×W (normalised), heats and masks N×H×W."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             heat = module.loss.heat(logits, feats, head, tuple(batch["image"].shape[-2:]), differentiable=False)
         rows[method] = (logits.detach().softmax(1)[:, 1].numpy(), heat.numpy())
     out = ROOT / "experiments" / "results" / f"heatmaps_{a.benchmark}.png"
-    draw(rows, batch["image"][:, 0].numpy(), batch["mask"].numpy(), out)
+    draw(rows, batch["image"].numpy(), batch["mask"].numpy(), out)
     print(f"wrote {out}")
     return 0
 
