@@ -27,7 +27,6 @@ import argparse
 import json
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +40,7 @@ from ceod.data.samples import IMAGE_SUFFIXES, index_masks, load_image, load_mask
 from ceod.data.transforms import apply_joint, train_transform
 from ceod.data.zipper_aoi import work_gray
 from ceod.errors import CeodError, ConfigError, DataError
+from ceod.predict import one_thread
 
 MODELS = ("forest", "net")
 
@@ -190,18 +190,6 @@ def _split(keys: list[Path], holdout: int, seed: int) -> tuple[list[Path], list[
                           f"--holdout must be ≥ 0, got {k}")
     order = np.random.default_rng(seed).permutation(len(keys))
     return [keys[i] for i in order[:k]], [keys[i] for i in order[k:]]
-
-
-@contextmanager
-def one_thread():
-    """Small convolutions on a CPU: intra-op threads only add synchronisation (and stall for seconds
-    when the cores are shared), so the model runs on one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run_fit(a: argparse.Namespace) -> str:
