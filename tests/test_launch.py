@@ -37,7 +37,7 @@ def test_multirun_with_submitit_local(run_cli, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     omegas = sorted(yaml.safe_load((tmp_path / "sweep" / str(i) / "config.yaml").read_text())["loss"]["omega"]
                     for i in (0, 1))
-    assert omegas == [0.0, 0.001]
+    assert omegas == [0.0, 1.0]  # loss=ce, loss=ceod
     assert list((tmp_path / "sweep" / ".submitit").rglob("*_result.pkl"))  # ran through submitit
 
 
