@@ -40,7 +40,7 @@ from ceod.data.samples import IMAGE_SUFFIXES, index_masks, load_image, load_mask
 from ceod.data.transforms import apply_joint, train_transform
 from ceod.data.zipper_aoi import work_gray
 from ceod.errors import CeodError, ConfigError, DataError
-from ceod.predict import one_thread
+from ceod.cli import one_thread
 
 MODELS = ("forest", "net")
 

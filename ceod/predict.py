@@ -19,8 +19,7 @@ import sys
 import tempfile
 import zipfile
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ceod import figures
 from ceod.cam import grad_cam
-from ceod.cli import prepare_out, write_csv
+from ceod.cli import one_thread, prepare_out, write_csv
 from ceod.errors import CeodError, ConfigError, DataError
 
 USAGE = ("python -m ceod.predict ckpt=FILE input=DIR|FILE|GLOB out=DIR [threshold=T] [heatmaps=true] "
@@ -254,17 +253,6 @@ def _score_all(model: nn.Module, record: dict, images: list[tuple[Path, str]], t
         for f in pending:
             f.result()
     return rows, skipped
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """torch on one intra-op thread inside (small elementwise work: 5-10× less CPU than 2 spinning threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _device(name: str) -> torch.device:

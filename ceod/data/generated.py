@@ -62,3 +62,9 @@ def write_generated(out: Path, samples: Iterable[tuple[np.ndarray, np.ndarray, i
         meta = {"generator": generator, "version": version, "config": asdict(cfg)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
+
+
+def read_meta(root: str | Path) -> dict | None:
+    """The ``meta.json`` of a generated dataset (generator, version, config), None when there is none."""
+    path = Path(root) / "meta.json"
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -13,13 +13,8 @@ unambiguous. Knobs:
   1 − P of good train/val images, and with chance 0.5 regardless of the label in the test split:
   a shortcut only the training data offers (the DecoyMNIST protocol). ``None``: no decoy.
 
-Layout written (the generic folder+mask layout)::
-
-    OUT/images/{good,defect}/NNNNN.png   greyscale image
-    OUT/masks/{good,defect}/NNNNN.png    AOI mask (0/255), same size
-    OUT/manifest.csv                     image,mask,label,split (paths relative to OUT)
-    OUT/geometry.jsonl                   per image: band, marks (type + geometry), decoy
-    OUT/meta.json                        the generator's parameters
+Layout written: the folder+mask layout of :mod:`ceod.data.generated` (images/, masks/ 0/255, manifest.csv,
+geometry.jsonl — per image: band, marks with type and geometry, decoy — and meta.json).
 
 CLI: ``python -m ceod.data.synthetic --out DIR --seed S [--variant V] [--n-good --n-defect --size]``.
 """
@@ -27,7 +22,6 @@ CLI: ``python -m ceod.data.synthetic --out DIR --seed S [--variant V] [--n-good 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from dataclasses import dataclass, replace
@@ -275,11 +269,6 @@ def generate(out: str | Path, cfg: SyntheticConfig | None = None, overwrite: boo
 def config_for(variant: str = "synthetic_zipper", **overrides) -> SyntheticConfig:
     """The named variant's config with ``overrides`` applied (None values are ignored)."""
     return preset(VARIANTS, variant, "synthetic", **overrides)
-
-
-def read_meta(root: str | Path) -> dict | None:
-    path = Path(root) / "meta.json"
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ceod.data import digits, synthetic
 from ceod.data.folder import FolderDataModule
-from ceod.data.synthetic import read_meta
+from ceod.data.generated import read_meta
 from ceod.errors import DataError
 
 
