@@ -39,8 +39,8 @@ from ceod.data.layout import atomic_directory, require_empty
 from ceod.data.samples import IMAGE_SUFFIXES, index_masks, load_image, load_mask, resize_image, resize_mask
 from ceod.data.transforms import apply_joint, train_transform
 from ceod.data.zipper_aoi import work_gray
-from ceod.errors import CeodError, ConfigError, DataError
-from ceod.cli import one_thread
+from ceod.cli import exit_status, one_thread
+from ceod.errors import ConfigError, DataError
 
 MODELS = ("forest", "net")
 
@@ -244,12 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
-    try:
-        print(run_fit(a))
-    except CeodError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: run_fit(a))
 
 
 if __name__ == "__main__":

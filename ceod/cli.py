@@ -74,6 +74,17 @@ def run(fn: Callable[[], Any]) -> Any:
         sys.exit(130)
 
 
+def exit_status(fn: Callable[[], Any]) -> int:
+    """For argparse mains: print what ``fn()`` returns and give 0; a :class:`CeodError` prints one ``error:``
+    line and gives 2."""
+    try:
+        print(fn())
+    except CeodError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def prepare_out(out: str | Path) -> tuple[Path, bool]:
     """Create ``out`` and prove it writable (a temp file), before any work → (out, whether it was created)."""
     out = Path(out)

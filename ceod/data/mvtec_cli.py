@@ -18,11 +18,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ceod.cli import exit_status
 from ceod.data.aoi_preview import pick_across_types, write_preview
 from ceod.data.layout import atomic_directory, require_empty
 from ceod.data.mvtec import DEFAULT_TYPE_LABELS, PREVIEW_NAME, MVTecZipperDataModule, category_dir, records
 from ceod.data.mvtec_aoi import attach_aois, relabel, sanity_messages
-from ceod.errors import CeodError
 
 
 def aoi(a: argparse.Namespace) -> str:
@@ -117,12 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h"):
         argv.insert(0, "augment")  # the original form: python -m ceod.data.mvtec --root … --out …
     a = parser().parse_args(argv)
-    try:
-        print(a.run(a))
-    except CeodError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: a.run(a))
 
 
 if __name__ == "__main__":
