@@ -3,7 +3,7 @@
 Each run is a real `ceod.train.train` call on the composed Hydra config (the same code path as
 `python -m ceod.train`), so the numbers are what a user gets. Example (the README's table):
 
-    python experiments/compare_losses.py --data synthetic_zipper_decoy --losses ce ceod \\
+    python experiments/compare_losses.py --data synthetic_zipper_decoy --losses ce ceod_paper \\
         --seeds 0 1 2 --set trainer.max_epochs=20
 
 Extra Hydra overrides go after --set (applied to every run); --tag names a variant of the
