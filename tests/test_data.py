@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from ceod.data.datamodule import DefectDataModule
+from ceod.data.discovery import GeneratedSource
 from ceod.data.folder import FolderDataModule
 from ceod.data.samples import Sample, load_image, load_mask, stratified_split
-from ceod.data.synthetic_datamodule import SyntheticZipperDataModule
 from ceod.errors import ConfigError, DataError
 
 
@@ -36,9 +37,9 @@ def test_scan_without_manifest_is_stratified_and_seeded(tiny_root, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(tiny_root, root)
     (root / "manifest.csv").unlink()
-    a = FolderDataModule(str(root), seed=1).discover()
-    b = FolderDataModule(str(root), seed=1).discover()
-    c = FolderDataModule(str(root), seed=2).discover()
+    a = FolderDataModule(str(root), seed=1).discover().samples
+    b = FolderDataModule(str(root), seed=1).discover().samples
+    c = FolderDataModule(str(root), seed=2).discover().samples
     assert a == b and a != c
     for label, n in ((0, 24), (1, 20)):
         splits = [s.split for s in a if s.label == label]
@@ -97,12 +98,12 @@ def test_corrupt_image_is_named_at_setup_or_skipped(tiny_root, tmp_path):
 
 def test_synthetic_datamodule_generates_once_and_refuses_other_parameters(tmp_path):
     root = tmp_path / "syn"
-    dm = SyntheticZipperDataModule(str(root), generator={"n_good": 10, "n_defect": 10}, image_size=48)
+    dm = DefectDataModule(str(root), GeneratedSource, generator={"n_good": 10, "n_defect": 10}, image_size=48)
     dm.prepare_data()
     stamp = (root / "meta.json").stat().st_mtime_ns
     dm.prepare_data()  # cached: not regenerated
     assert (root / "meta.json").stat().st_mtime_ns == stamp
-    other = SyntheticZipperDataModule(str(root), generator={"n_good": 12, "n_defect": 10}, image_size=48)
+    other = DefectDataModule(str(root), GeneratedSource, generator={"n_good": 12, "n_defect": 10}, image_size=48)
     with pytest.raises(DataError, match="other parameters"):
         other.prepare_data()
     assert Image.open(next((root / "images" / "good").iterdir())).size == (48, 48)

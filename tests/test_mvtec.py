@@ -17,8 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
+from ceod.data.datamodule import DefectDataModule
 from ceod.data.folder import FolderDataModule
-from ceod.data.mvtec import MVTecZipperDataModule, main
+from ceod.data.mvtec import MVTecZipperSource, main
 from ceod.data.mvtec_aoi import region_shares
 from ceod.data.zipper_aoi import estimate_zipper_aoi
 from ceod.data.zipper_photos import LAYOUT, TEETH_TYPES, build_mvtec_tree, make_photo
@@ -30,6 +31,11 @@ N_IMAGES = sum(n for _, n in LAYOUT)  # 28
 @pytest.fixture(scope="module")
 def mvtec(tmp_path_factory) -> Path:
     return build_mvtec_tree(tmp_path_factory.mktemp("mvtec"), rgb_every=5)
+
+
+def mvtec_dm(root: str, **options) -> DefectDataModule:
+    """The DataModule of data=mvtec_zipper: the MVTec source, augmentation with vertical flips."""
+    return DefectDataModule(root, MVTecZipperSource, **{"augment": True, "aug_vflip": 0.5, **options})
 
 
 def _read(path: Path) -> np.ndarray:
@@ -89,11 +95,11 @@ def test_region_shares_per_connected_region():
 
 
 def test_geometry_relabel_by_region_with_aoi_dir(mvtec, tmp_path):
-    dm = MVTecZipperDataModule(str(mvtec), aoi_dir=str(mvtec / "aoi"), image_size=32, augment=False,
-                               manifest_out=str(tmp_path))
+    dm = mvtec_dm(str(mvtec), aoi_dir=str(mvtec / "aoi"), image_size=32, augment=False,
+                  manifest_out=str(tmp_path))
     dm.setup()
     rows = _manifest(tmp_path / "data_manifest.csv")
-    assert len(rows) == N_IMAGES and dm.rule == "geometry"
+    assert len(rows) == N_IMAGES and dm.source.rule == "geometry"
     for name, r in rows.items():
         assert int(r["label"]) == _truth_label(mvtec, name), (name, r)
         assert r["relabelled"] == str(int(r["label"] != r["mvtec_label"])) and r["aoi_source"] == "aoi_dir"
@@ -107,22 +113,22 @@ def test_geometry_relabel_by_region_with_aoi_dir(mvtec, tmp_path):
     assert counts["train"] > counts["val"] >= counts["test"] >= 2
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape[1:] == (1, 32, 32) and batch["mask"].shape[1:] == (32, 32)
-    again = MVTecZipperDataModule(str(mvtec / "zipper"), aoi_dir=str(mvtec / "aoi"), image_size=32, augment=False)
+    again = mvtec_dm(str(mvtec / "zipper"), aoi_dir=str(mvtec / "aoi"), image_size=32, augment=False)
     again.setup()
     assert again.samples == dm.samples
-    other = MVTecZipperDataModule(str(mvtec), aoi_dir=str(mvtec / "aoi"), image_size=32, seed=5)
-    assert other.discover() != [s for v in dm.samples.values() for s in v]
+    other = mvtec_dm(str(mvtec), aoi_dir=str(mvtec / "aoi"), image_size=32, seed=5)
+    assert other.discover().samples != [s for v in dm.samples.values() for s in v]
 
 
 def test_estimated_aois_preview_and_geometry_on_estimates(mvtec, tmp_path):
-    dm = MVTecZipperDataModule(str(mvtec), image_size=32, channels=3, manifest_out=str(tmp_path / "a"))
+    dm = mvtec_dm(str(mvtec), image_size=32, channels=3, manifest_out=str(tmp_path / "a"))
     dm.setup()
-    assert dm.rule == "type" and (tmp_path / "a" / "aoi_preview.png").is_file()
+    assert dm.source.rule == "type" and (tmp_path / "a" / "aoi_preview.png").is_file()
     rows = _manifest(tmp_path / "a" / "data_manifest.csv")
     assert {r["aoi_source"] for r in rows.values()} == {"estimated"}
     assert {r["type"] for r in rows.values() if r["relabelled"] == "1"} == {"fabric_border", "fabric_interior"}
     assert dm.datasets["train"][0]["image"].shape == (3, 32, 32)
-    geo = MVTecZipperDataModule(str(mvtec), relabel="geometry", image_size=32, manifest_out=str(tmp_path / "b"))
+    geo = mvtec_dm(str(mvtec), relabel="geometry", image_size=32, manifest_out=str(tmp_path / "b"))
     geo.setup()
     rows = _manifest(tmp_path / "b" / "data_manifest.csv")
     assert all(int(r["label"]) == _truth_label(mvtec, n) for n, r in rows.items())
@@ -130,7 +136,7 @@ def test_estimated_aois_preview_and_geometry_on_estimates(mvtec, tmp_path):
 
 
 def test_estimates_without_run_dir_are_cleaned_up(mvtec):
-    dm = MVTecZipperDataModule(str(mvtec), image_size=32, augment=False)
+    dm = mvtec_dm(str(mvtec), image_size=32, augment=False)
     dm.setup()
     folder = next(s.mask for s in dm.samples["train"]).parents[2]
     assert folder.is_dir() and folder.name.startswith("ceod-aoi-")
@@ -148,7 +154,7 @@ def test_sanity_checks_name_images_and_require_aoi_refuses(mvtec, tmp_path, caps
         m[:, : m.shape[1] // 12] = 255
         (bad / p.relative_to(mvtec / "aoi")).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(m).save(bad / p.relative_to(mvtec / "aoi"))
-    dm = MVTecZipperDataModule(str(mvtec), aoi_dir=str(bad), image_size=32, manifest_out=str(tmp_path / "run"))
+    dm = mvtec_dm(str(mvtec), aoi_dir=str(bad), image_size=32, manifest_out=str(tmp_path / "run"))
     with pytest.raises(DataError, match=r"absent from split .*relabelling by geometry left \d+ defective .*aoi_preview"):
         dm.setup()
     err = capsys.readouterr().out
@@ -156,7 +162,7 @@ def test_sanity_checks_name_images_and_require_aoi_refuses(mvtec, tmp_path, caps
     assert "teeth-type defects good" in err and "test/broken_teeth/000.png" in err
     assert (tmp_path / "run" / "aoi_preview.png").is_file()
     with pytest.raises(DataError, match=r"saturated background.*require_aoi=true"):
-        MVTecZipperDataModule(str(mvtec), aoi_dir=str(bad), require_aoi=True, image_size=32).setup()
+        mvtec_dm(str(mvtec), aoi_dir=str(bad), require_aoi=True, image_size=32).setup()
 
 
 def test_aoi_cli_writes_reusable_masks(mvtec, tmp_path):
@@ -164,9 +170,9 @@ def test_aoi_cli_writes_reusable_masks(mvtec, tmp_path):
     assert main(["aoi", "--root", str(mvtec), "--out", str(out), "--preview", "4"]) == 0
     assert len(list((out / "test").rglob("*.png"))) + len(list((out / "train").rglob("*.png"))) == N_IMAGES
     assert (out / "aoi_preview.png").is_file() and oct(out.stat().st_mode & 0o055) != "0o0"
-    dm = MVTecZipperDataModule(str(mvtec), aoi_dir=str(out), image_size=32, augment=False)
+    dm = mvtec_dm(str(mvtec), aoi_dir=str(out), image_size=32, augment=False)
     dm.setup()
-    assert dm.rule == "geometry" and all(s.mask.is_relative_to(out) for v in dm.samples.values() for s in v)
+    assert dm.source.rule == "geometry" and all(s.mask.is_relative_to(out) for v in dm.samples.values() for s in v)
     assert main(["aoi", "--root", str(mvtec), "--out", str(out)]) == 2  # not empty: refused
 
 
@@ -174,35 +180,34 @@ def test_one_aoi_mask_for_every_image(mvtec, tmp_path):
     mask = np.zeros((256, 256), np.uint8)
     mask[:, 96:160] = 255
     Image.fromarray(mask).save(tmp_path / "fixture.png")
-    dm = MVTecZipperDataModule(str(mvtec), aoi_mask=str(tmp_path / "fixture.png"), image_size=32,
-                               mask_size_mismatch="resize", manifest_out=str(tmp_path / "run"))
+    dm = mvtec_dm(str(mvtec), aoi_mask=str(tmp_path / "fixture.png"), image_size=32,
+                  mask_size_mismatch="resize", manifest_out=str(tmp_path / "run"))
     dm.setup()
     rows = _manifest(tmp_path / "run" / "data_manifest.csv")
-    assert {r["aoi_source"] for r in rows.values()} == {"aoi_mask"} and dm.rule == "geometry"
+    assert {r["aoi_source"] for r in rows.values()} == {"aoi_mask"} and dm.source.rule == "geometry"
     assert {r["mask"] for r in rows.values()} == {str(tmp_path / "fixture.png")}
     with pytest.raises(DataError, match=r"AOI mask not found: .*nowhere.png \(data.aoi_mask\)"):
-        MVTecZipperDataModule(str(mvtec), aoi_mask=str(tmp_path / "nowhere.png")).setup()
+        mvtec_dm(str(mvtec), aoi_mask=str(tmp_path / "nowhere.png")).setup()
 
 
 def test_bad_mvtec_input_is_one_error(mvtec, tmp_path):
     with pytest.raises(DataError, match=r"MVTec AD zipper not found under .*nowhere.*set data.root="):
-        MVTecZipperDataModule(str(tmp_path / "nowhere")).setup()
-    with pytest.raises(ConfigError, match=r"data.test_root does not apply to MVTec AD"):
-        MVTecZipperDataModule(str(mvtec), test_root="/elsewhere")
-    MVTecZipperDataModule(str(mvtec), test_root=None, manifest="manifest.csv")  # data=folder's defaults: fine
+        mvtec_dm(str(tmp_path / "nowhere")).setup()
+    with pytest.raises(ConfigError, match=r"data.test_root does not apply to MVTecZipperSource"):
+        mvtec_dm(str(mvtec), test_root="/elsewhere")
     with pytest.raises(DataError, match="require_aoi=true but no AOI is given"):
-        MVTecZipperDataModule(str(mvtec), require_aoi=True).setup()
+        mvtec_dm(str(mvtec), require_aoi=True).setup()
     root = tmp_path / "copy"
     shutil.copytree(mvtec, root)
     (root / "aoi" / "test" / "rough" / "001.png").unlink()
     with pytest.raises(DataError, match=r"AOI mask missing for 1 image.*test/rough/001.png"):
-        MVTecZipperDataModule(str(root), aoi_dir=str(root / "aoi")).setup()
+        mvtec_dm(str(root), aoi_dir=str(root / "aoi")).setup()
     (root / "zipper" / "ground_truth" / "rough" / "001_mask.png").unlink()
     with pytest.raises(DataError, match=r"ground-truth mask missing for .*rough/001.png.*relabel=type"):
-        MVTecZipperDataModule(str(root), relabel="geometry").setup()
+        mvtec_dm(str(root), relabel="geometry").setup()
     (root / "zipper" / "test" / "glue").mkdir()
     with pytest.raises(DataError, match=r"unknown defect type folder.*\['glue'\].*type_labels"):
-        MVTecZipperDataModule(str(root)).setup()
+        mvtec_dm(str(root)).setup()
 
 
 def test_offline_augmented_set_is_deterministic_and_keeps_its_sources(mvtec, tmp_path):
@@ -252,7 +257,7 @@ def test_missing_mvtec_is_one_line(run_cli):
 
 
 def test_channels_and_size_are_configurable(mvtec):
-    dm = MVTecZipperDataModule(str(mvtec), aoi_dir=str(mvtec / "aoi"), image_size=[24, 40], augment=True)
+    dm = mvtec_dm(str(mvtec), aoi_dir=str(mvtec / "aoi"), image_size=[24, 40], augment=True)
     dm.setup()
     item = dm.datasets["train"][0]
     assert item["image"].shape == (1, 24, 40) and item["mask"].shape == (24, 40)
@@ -277,6 +282,6 @@ def test_estimate_without_zipper_texture_is_flagged(mvtec, tmp_path, capsys):
     rng = np.random.default_rng(0)
     fabric = 0.3 + 0.06 * np.sin(np.arange(256) * 2.1)[None, :] * np.sin(np.arange(256) * 2.1)[:, None]
     Image.fromarray(((fabric + rng.normal(0, 0.02, (256, 256))) * 255).astype(np.uint8)).save(plain)
-    MVTecZipperDataModule(str(root), image_size=32, manifest_out=str(tmp_path / "run")).setup()
+    mvtec_dm(str(root), image_size=32, manifest_out=str(tmp_path / "run")).setup()
     out = capsys.readouterr().out
     assert "no zipper teeth texture found in 1 image(s)" in out and "test/good/001.png" in out, out

@@ -1,15 +1,88 @@
-"""Sample discovery for the folder layout: scan or read the manifest, one AOI for all, assign splits.
+"""Where samples come from: the discovery providers a :class:`~ceod.data.datamodule.DefectDataModule` is given.
 
-See :mod:`ceod.data.folder` for the layout. Nothing is decoded here; a bad tree is one DataError.
+A *source* has ``discover(ctx) -> Found`` (every sample with its split, nothing decoded; a bad tree is one
+DataError) and may have ``prepare(ctx)`` (make the data once: Lightning's ``prepare_data``). Three ship:
+
+* :class:`FolderTree` (``data=folder``), the generic layout (folder and class names configurable)::
+
+      ROOT/images/good/**/*.png     ROOT/masks/good/**/*.png    AOI masks mirror the image paths
+      ROOT/images/defect/**/*.png   ROOT/masks/defect/**/*.png  (same stem; any image suffix)
+      ROOT/manifest.csv             optional: image,mask,label[,split] — used instead when present
+      AOI_MASK                      optional (``aoi_mask``): one AOI mask for every image instead
+      TEST_ROOT/…                   optional separate test set, same layout
+
+  Splits: a manifest's ``split`` column (all rows) is used as given. Otherwise, per class (stratified,
+  seeded): ROOT → train/val/test by ``split`` (default 70/20/10), or — the industrial protocol, with
+  ``test_root`` — ROOT → train/val (default 80/20) and TEST_ROOT → test. ``mask_dir: null``: no masks (CE only).
+* :class:`GeneratedSource` (``data=synthetic_zipper``, ``data=decoy_digits``…): a generated benchmark, made
+  once into ROOT (cached, locked for parallel jobs), then read as a folder tree.
+* :class:`ceod.data.mvtec.MVTecZipperSource` (``data=mvtec_zipper``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import fcntl
+import os
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
-from ceod.data.samples import IMAGE_SUFFIXES, Sample, index_masks, read_manifest, stratified_split
+from omegaconf import DictConfig, OmegaConf
+
+from ceod.data.generated import read_meta
+from ceod.data.layout import atomic_write, write_manifest
+from ceod.data.samples import IMAGE_SUFFIXES, SPLITS, Sample, index_masks, read_manifest, stratified_split
 from ceod.errors import ConfigError, DataError
+
+DEFAULT_CLASS_DIRS = {"good": 0, "defect": 1}
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a source may need from its DataModule."""
+
+    size: tuple[int, int] = (128, 128)
+    mask_threshold: float = 0.5
+    skip_corrupt: bool = False
+    run_dir: Path | None = None  # data.manifest_out: where audit files go (None: nowhere)
+
+
+@dataclass
+class Found:
+    """A source's answer: the samples (splits assigned) and what validation and the written manifest need."""
+
+    samples: list[Sample]
+    root: Path  # manifest paths are written relative to it
+    class_dirs: dict = field(default_factory=lambda: dict(DEFAULT_CLASS_DIRS))
+    shared_mask: bool = False  # one AOI for every image (data.aoi_mask): not a duplicate
+    columns: dict[Path, dict] = field(default_factory=dict)  # per image: audit columns for data_manifest.csv
+    split_hint: str = ""  # appended to a split error (e.g. MVTec: check the AOIs)
+
+
+def relative(p: Path, root: Path) -> str:
+    """``p`` relative to ``root`` where it lies below it, else absolute (paths as data manifests write them)."""
+    try:
+        return str(Path(p).relative_to(root))
+    except ValueError:
+        return str(Path(os.path.abspath(p)))
+
+
+def write_data_manifest(path: Path, samples: list[Sample], root: Path, columns: dict[Path, dict]) -> Path:
+    """The final samples as ``path`` (image, mask, label, split + audit columns; paths :func:`relative` to
+    ``root``); atomic."""
+
+    def cell(v: object) -> object:
+        return relative(v, root) if isinstance(v, Path) else "" if v is None else v
+
+    extra = list(dict.fromkeys(k for c in columns.values() for k in c))
+    rows = [{"image": cell(s.image), "mask": cell(s.mask), "label": s.label, "split": s.split,
+             **{k: cell(v) for k, v in columns.get(s.image, {}).items()}}
+            for s in sorted(samples, key=lambda s: (SPLITS.index(s.split), str(s.image)))]
+    return atomic_write(path, lambda tmp: write_manifest(tmp, rows, ["image", "mask", "label", "split", *extra]))
+
+
+class Source(Protocol):
+    def discover(self, ctx: Context) -> Found: ...
 
 
 @dataclass
@@ -26,7 +99,23 @@ class FolderTree:
     split: tuple[float, ...] | None = None
     seed: int = 0
 
-    def discover(self) -> list[Sample]:
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.test_root = Path(self.test_root) if self.test_root else None
+        self.aoi_mask = Path(self.aoi_mask) if self.aoi_mask else None
+        self.class_dirs = {str(k): int(v) for k, v in (self.class_dirs or DEFAULT_CLASS_DIRS).items()}
+        if sorted(set(self.class_dirs.values())) != [0, 1]:
+            raise ConfigError(f"data.class_dirs must map folder names to labels 0 (good) and 1 (defect), "
+                              f"got {self.class_dirs}")
+        self.split = tuple(float(v) for v in self.split) if self.split is not None else None
+        if self.split is not None and len(self.split) != (2 if self.test_root else 3):
+            what = "[train, val] (the test set is data.test_root)" if self.test_root else "[train, val, test]"
+            raise ConfigError(f"data.split must be {what}, got {list(self.split)}")
+
+    def discover(self, ctx: Context | None = None) -> Found:
+        return Found(self.samples(), self.root, self.class_dirs, shared_mask=self.aoi_mask is not None)
+
+    def samples(self) -> list[Sample]:
         """All samples with splits assigned; raises DataError on a bad tree (before any decoding)."""
         if not self.root.is_dir():
             raise DataError(f"data root not found: {self.root} (set data.root)")
@@ -56,12 +145,10 @@ class FolderTree:
             samples = read_manifest(manifest, root, self.class_dirs)
             if not samples:
                 raise DataError(f"manifest {manifest} lists no images")
-            if self.aoi_mask is not None:
-                samples = [replace(s, mask=self.aoi_mask) for s in samples]
-            return samples
-        samples = self.scan(root)
-        if not samples:
-            raise DataError(f"no images found under {root / self.image_dir}")
+        else:
+            samples = self.scan(root)
+            if not samples:
+                raise DataError(f"no images found under {root / self.image_dir}")
         if self.aoi_mask is not None:  # one AOI for every image (fixed camera, fixed fixture)
             samples = [replace(s, mask=self.aoi_mask) for s in samples]
         return samples
@@ -92,3 +179,74 @@ class FolderTree:
             rel = p.relative_to(images)
             samples.append(Sample(p, mask_index.get(rel.with_suffix(""), masks / rel.with_suffix(".png")), label))
         return samples
+
+
+def generator_for(variant: str):
+    """The generator module (:mod:`ceod.data.synthetic` or :mod:`ceod.data.digits`) that makes ``variant``."""
+    from ceod.data import digits, synthetic
+
+    return digits if variant in digits.VARIANTS else synthetic
+
+
+@dataclass
+class GeneratedSource:
+    """A generated benchmark in ``root``, made on first use (cached), then read as a :class:`FolderTree`.
+
+    ``variant`` names a preset of :mod:`ceod.data.synthetic` or :mod:`ceod.data.digits` (they share
+    ``config_for(variant, seed=…, **overrides)``, ``generate(root, cfg)``, ``GENERATOR_VERSION``);
+    ``generator`` overrides its fields (e.g. ``{"contrast": 0.1, "n_good": 40}``; the image size defaults
+    to data.image_size). A cached root made with other parameters is an error, never silently reused.
+    """
+
+    root: Path
+    variant: str = "synthetic_zipper"
+    generator_seed: int = 0
+    generator: dict | None = None
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        if isinstance(self.generator, DictConfig):
+            self.generator = OmegaConf.to_container(self.generator, resolve=True)
+        self.generator = dict(self.generator or {})
+        self.config()  # a bad variant or option: an error now
+
+    def config(self, size: tuple[int, int] | None = None):
+        gen = {"size": max(size) if size else None, **self.generator}
+        return generator_for(self.variant).config_for(self.variant, seed=self.generator_seed, **gen)
+
+    def prepare(self, ctx: Context) -> None:
+        # parallel sweep jobs may share the cache: one generates, the others wait and reuse it
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.root.parent / f".{self.root.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self._prepare_locked(ctx)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _prepare_locked(self, ctx: Context) -> None:
+        generator, cfg = generator_for(self.variant), self.config(ctx.size)
+        meta = read_meta(self.root)
+        wanted = {"generator": generator.__name__, "version": generator.GENERATOR_VERSION,
+                  "config": _jsonable(asdict(cfg))}
+        if meta is None:
+            if self.root.exists() and any(self.root.iterdir()):
+                raise DataError(f"data root {self.root} is not empty and holds no generated dataset (no meta.json)")
+            print(f"[ceod] generating {generator.__name__} dataset in {self.root} …", flush=True)
+            generator.generate(self.root, cfg)
+        elif _jsonable(meta) != wanted:
+            raise DataError(f"data root {self.root} holds a generated dataset made with other parameters; "
+                            "delete it or choose another data.root")
+
+    def discover(self, ctx: Context) -> Found:
+        if not (self.root / "meta.json").is_file():
+            self.prepare(ctx)  # e.g. setup() called outside a Trainer
+        return FolderTree(self.root).discover(ctx)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj

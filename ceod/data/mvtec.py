@@ -1,4 +1,4 @@
-"""MVTec AD zipper as a CEOD DataModule: pooled, relabelled (only defects on the zipper count), re-split.
+"""MVTec AD zipper as a discovery source: pooled, relabelled (only defects on the zipper count), re-split.
 
 Layout read (the standard MVTec AD tree; ``data.root`` is the folder holding ``zipper/``, or
 ``zipper/`` itself)::
@@ -36,12 +36,13 @@ from __future__ import annotations
 import shutil
 import tempfile
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
 
 from ceod.data.aoi_preview import pick_across_types, write_preview
-from ceod.data.folder import FolderDataModule
+from ceod.data.discovery import Context, Found
 from ceod.data.mvtec_aoi import attach_aois, relabel, sanity_messages
 from ceod.data.samples import IMAGE_SUFFIXES, Sample, index_masks, stratified_split
 from ceod.errors import ConfigError, DataError
@@ -51,8 +52,6 @@ MVTEC_URL = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
 DEFAULT_TYPE_LABELS = {"good": 0, "broken_teeth": 1, "combined": 1, "fabric_border": 0, "fabric_interior": 0,
                        "rough": 1, "split_teeth": 1, "squeezed_teeth": 1}
 PREVIEW_NAME = "aoi_preview.png"
-FOLDER_ONLY = {"test_root": None, "manifest": "manifest.csv", "image_dir": "images", "mask_dir": "masks",
-               "class_dirs": {"good": 0, "defect": 1}}  # folder-layout keys, accepted only at their defaults
 
 
 def category_dir(root: Path, category: str = "zipper") -> Path:
@@ -103,42 +102,45 @@ def aois_from_dir(recs: list[dict], base: Path, category: str) -> None:
                         f"(data.aoi_dir mirrors {category}/: <aoi_dir>/test/<type>/NNN.png)")
 
 
-class MVTecZipperDataModule(FolderDataModule):
-    """MVTec AD zipper (see the module docstring); other arguments as :class:`FolderDataModule`."""
+@dataclass
+class MVTecZipperSource:
+    """MVTec AD zipper as a discovery source (see the module docstring)."""
 
-    def __init__(self, root: str, category: str = "zipper", aoi_dir: str | None = None, aoi_mask: str | None = None,
-                 require_aoi: bool = False, relabel: str = "auto", min_share: float = 0.5,
-                 type_labels: dict | None = None, aoi_margin: float = 0.03, aoi_preview: int = 16, **kwargs) -> None:
-        for key, default in FOLDER_ONLY.items():  # conf/data/mvtec_zipper.yaml starts from data=folder
-            if key in kwargs and kwargs.pop(key) != default:
-                raise ConfigError(f"data.{key} does not apply to MVTec AD (its layout is fixed)")
-        kwargs.setdefault("image_size", 224)
-        kwargs.setdefault("augment", True)
-        kwargs.setdefault("aug_vflip", 0.5)
-        super().__init__(root=root, manifest=None, mask_dir=None, aoi_mask=aoi_mask, **kwargs)
-        self.category = category
-        if aoi_dir and aoi_mask:
+    root: Path
+    category: str = "zipper"
+    aoi_dir: Path | None = None
+    aoi_mask: Path | None = None
+    require_aoi: bool = False
+    relabel: str = "auto"
+    min_share: float = 0.5
+    type_labels: dict | None = None
+    aoi_margin: float = 0.03
+    aoi_preview: int = 16
+    split: tuple[float, ...] | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        if self.aoi_dir and self.aoi_mask:
             raise ConfigError("set data.aoi_dir (a mask per image) or data.aoi_mask (one for all), not both")
-        self.aoi_dir = Path(aoi_dir) if aoi_dir else None
-        self.require_aoi = require_aoi
-        if relabel not in ("auto", "geometry", "type"):
-            raise ConfigError(f"data.relabel must be one of ['auto', 'geometry', 'type'], got {relabel!r}")
-        if not 0 < min_share <= 1:
+        self.aoi_dir = Path(self.aoi_dir) if self.aoi_dir else None
+        self.aoi_mask = Path(self.aoi_mask) if self.aoi_mask else None
+        if self.relabel not in ("auto", "geometry", "type"):
+            raise ConfigError(f"data.relabel must be one of ['auto', 'geometry', 'type'], got {self.relabel!r}")
+        if not 0 < self.min_share <= 1:
             raise ConfigError(f"data.min_share must lie in (0, 1] (share of a defect region inside the AOI), "
-                              f"got {min_share}")
-        self.min_share = min_share
-        self.type_labels = {str(k): int(v) for k, v in (type_labels or DEFAULT_TYPE_LABELS).items()}
+                              f"got {self.min_share}")
+        self.type_labels = {str(k): int(v) for k, v in (self.type_labels or DEFAULT_TYPE_LABELS).items()}
         bad = {k: v for k, v in self.type_labels.items() if v not in (0, 1)}
         if bad or self.type_labels.get("good", 0) != 0:
             raise ConfigError(f"data.type_labels must map defect types to 0 or 1 (good → 0), got {self.type_labels}")
-        if not 0 <= aoi_margin < 0.5:
-            raise ConfigError(f"data.aoi_margin must lie in [0, 0.5) (fraction of the width), got {aoi_margin}")
-        self.aoi_margin = aoi_margin
-        self.aoi_preview = aoi_preview
+        if not 0 <= self.aoi_margin < 0.5:
+            raise ConfigError(f"data.aoi_margin must lie in [0, 0.5) (fraction of the width), got {self.aoi_margin}")
+        self.split = tuple(float(v) for v in self.split) if self.split is not None else None
         given = self.aoi_dir is not None or self.aoi_mask is not None
-        self.rule = "geometry" if relabel == "geometry" or (relabel == "auto" and given) else "type"
+        self.rule = "geometry" if self.relabel == "geometry" or (self.relabel == "auto" and given) else "type"
 
-    def _aoi_source(self, recs: list[dict], cat: Path) -> tuple[str, Path | None]:
+    def _aoi_source(self, recs: list[dict], cat: Path, run_dir: Path | None) -> tuple[str, Path | None]:
         """Point each record at its AOI file; → (source name, folder for estimates or None)."""
         if self.aoi_dir is not None:
             aois_from_dir(recs, self.aoi_dir, self.category)
@@ -153,22 +155,22 @@ class MVTecZipperDataModule(FolderDataModule):
             raise DataError("data.require_aoi=true but no AOI is given: set data.aoi_dir=/path/to/aoi_masks "
                             f"(mirroring {cat}) or data.aoi_mask=<one mask for all>, or data.require_aoi=false "
                             "to estimate zipper AOIs")
-        if self.manifest_out is not None and rank_zero_only.rank == 0:  # other DDP ranks use their own tmp dir
-            out = self.manifest_out / "aoi_estimated"
+        if run_dir is not None and rank_zero_only.rank == 0:  # other DDP ranks use their own tmp dir
+            out = run_dir / "aoi_estimated"
             shutil.rmtree(out, ignore_errors=True)
         else:
             out = Path(tempfile.mkdtemp(prefix="ceod-aoi-"))
             weakref.finalize(self, shutil.rmtree, str(out), True)
         return "estimated", out
 
-    def _check_aois(self, recs: list[dict], source: str, out: Path | None) -> None:
+    def _check_aois(self, recs: list[dict], source: str, out: Path | None, ctx: Context) -> None:
         """Sanity warnings (errors with require_aoi) and the preview grid."""
-        where = self.manifest_out if self.manifest_out is not None else out
+        where = ctx.run_dir if ctx.run_dir is not None else out
         preview = where / PREVIEW_NAME if where is not None else None
         msgs, flagged = sanity_messages(recs, self.rule, self.type_labels,
                                         str(preview) if preview else f"{PREVIEW_NAME} (set data.manifest_out)")
         if preview is not None and self.aoi_preview and rank_zero_only.rank == 0 and (source == "estimated" or msgs):
-            write_preview(pick_across_types(recs, self.aoi_preview, flagged), preview, threshold=self.mask_threshold)
+            write_preview(pick_across_types(recs, self.aoi_preview, flagged), preview, threshold=ctx.mask_threshold)
         if source == "estimated":
             info(f"no data.aoi_dir: zipper AOIs estimated per image into {out}"
                  + (f"; check them in {preview}" if preview else ""))
@@ -177,39 +179,37 @@ class MVTecZipperDataModule(FolderDataModule):
                 raise DataError(m + " (data.require_aoi=true)")
             info(f"warning: {m}")
 
-    def discover(self) -> list[Sample]:
+    def discover(self, ctx: Context) -> Found:
         cat = category_dir(self.root, self.category)
         recs = records(cat, self.type_labels)
-        source, out = self._aoi_source(recs, cat)
+        source, out = self._aoi_source(recs, cat, ctx.run_dir)
         recs = attach_aois(recs, "estimated" if source == "estimated" else "given", out, self.aoi_margin,
-                           self.mask_threshold, geometry=self.rule == "geometry", skip_corrupt=self.skip_corrupt)
+                           ctx.mask_threshold, geometry=self.rule == "geometry", skip_corrupt=ctx.skip_corrupt)
         relabel(recs, self.rule, self.type_labels, self.min_share)
-        self._check_aois(recs, source, out)
-        self.extra = {r["image"]: {
-            "type": r["type"], "mvtec_split": r["origin"], "mvtec_label": r["mvtec_label"], "rule": r["rule"],
-            "regions": r["regions"], "region_shares": r["region_shares"],
-            "relabelled": int(r["label"] != r["mvtec_label"]), "aoi_source": source,
-            "aoi_saturated": r["saturated"], "gt_mask": self._rel(r["gt"]) if r["gt"] is not None else ""}
-            for r in recs}
+        self._check_aois(recs, source, out, ctx)
         changed: dict[str, int] = {}
         for r in recs:
             if r["label"] != r["mvtec_label"]:
                 changed[r["type"]] = changed.get(r["type"], 0) + 1
+        n_defective = sum(r["label"] for r in recs)
         info(f"MVTec AD {self.category}: {len(recs)} images pooled, {sum(r['mvtec_label'] for r in recs)} defective "
-             f"by MVTec, {sum(r['label'] for r in recs)} after relabelling by {self.rule}"
+             f"by MVTec, {n_defective} after relabelling by {self.rule}"
              + (f" (to good: {changed})" if changed else ""))
-        self._n_defective = sum(r["label"] for r in recs)
-        return stratified_split([Sample(r["image"], r["aoi"], r["label"]) for r in recs],
-                                self.split or (0.7, 0.2, 0.1), self.seed)
+        samples = stratified_split([Sample(r["image"], r["aoi"], r["label"]) for r in recs],
+                                   self.split or (0.7, 0.2, 0.1), self.seed)
+        hint = (f"relabelling by geometry left {n_defective} defective image(s): check the AOIs ({PREVIEW_NAME} in "
+                "the run dir) or set data.relabel=type") if self.rule == "geometry" else ""
+        return Found(samples, self.root, shared_mask=self.aoi_mask is not None, columns=audit_columns(recs, source),
+                     split_hint=hint)
 
-    def check_splits(self, samples: list[Sample]) -> None:
-        try:
-            super().check_splits(samples)
-        except DataError as e:
-            if self.rule != "geometry":
-                raise
-            raise DataError(f"{e} — relabelling by geometry left {self._n_defective} defective image(s): check the "
-                            f"AOIs ({PREVIEW_NAME} in the run dir) or set data.relabel=type") from None
+
+def audit_columns(recs: list[dict], source: str) -> dict[Path, dict]:
+    """Per image, the data_manifest.csv columns that say how it was labelled."""
+    return {r["image"]: {
+        "type": r["type"], "mvtec_split": r["origin"], "mvtec_label": r["mvtec_label"], "rule": r["rule"],
+        "regions": r["regions"], "region_shares": r["region_shares"],
+        "relabelled": int(r["label"] != r["mvtec_label"]), "aoi_source": source,
+        "aoi_saturated": r["saturated"], "gt_mask": r["gt"]} for r in recs}
 
 
 def main(argv: list[str] | None = None) -> int:

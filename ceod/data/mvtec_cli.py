@@ -21,7 +21,7 @@ from pathlib import Path
 from ceod.cli import exit_status
 from ceod.data.aoi_preview import pick_across_types, write_preview
 from ceod.data.layout import atomic_directory, require_empty
-from ceod.data.mvtec import DEFAULT_TYPE_LABELS, PREVIEW_NAME, MVTecZipperDataModule, category_dir, records
+from ceod.data.mvtec import DEFAULT_TYPE_LABELS, PREVIEW_NAME, MVTecZipperSource, category_dir, records
 from ceod.data.mvtec_aoi import attach_aois, relabel, sanity_messages
 
 
@@ -63,21 +63,23 @@ def _keep_sources(audit: Path, out: Path, tmp: Path) -> None:
 
 
 def augment(a: argparse.Namespace) -> str:
-    from ceod.data.transforms import train_transform, write_augmented_set
+    from ceod.data.datamodule import DefectDataModule
+    from ceod.data.discovery import relative
+    from ceod.data.transforms import write_augmented_set
 
     out = Path(a.out)
     require_empty(out, a.overwrite)
     with tempfile.TemporaryDirectory(prefix="ceod-mvtec-") as audit:
-        dm = MVTecZipperDataModule(a.root, aoi_dir=a.aoi_dir, aoi_mask=a.aoi_mask, relabel=a.relabel,
-                                   image_size=a.image_size, channels=a.channels, seed=a.seed, augment=False,
-                                   manifest_out=audit)
+        dm = DefectDataModule(a.root, MVTecZipperSource, aoi_dir=a.aoi_dir, aoi_mask=a.aoi_mask, relabel=a.relabel,
+                              image_size=a.image_size, channels=a.channels, seed=a.seed, aug_vflip=0.5,
+                              manifest_out=audit)
         dm.setup()
         items, loaders = [], []
         for split, ds in dm.datasets.items():
             for j, s in enumerate(ds.samples):
-                items.append((dm._rel(s.image), s.label, split))
+                items.append((relative(s.image, dm.source.root), s.label, split))
                 loaders.append((ds, j))
-        transform = train_transform(dm.size, **dm.aug)
+        transform = dm.aug.transform(dm.size)
         write_augmented_set(items, lambda i: loaders[i][0].raw(loaders[i][1]), out, a.n, transform, seed=a.seed,
                             keep_originals=not a.no_originals, overwrite=a.overwrite,
                             finalize=lambda tmp: _keep_sources(Path(audit), out, tmp))

@@ -16,6 +16,7 @@ paper's 400 images) in the folder layout (``images/``, ``masks/``, ``manifest.cs
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -104,6 +105,48 @@ def batch_augment(
     m = torch.nn.functional.grid_sample(mask[:, None].to(image.dtype), grid, mode="nearest", padding_mode="zeros",
                                         align_corners=False)[:, 0]
     return x, m.to(mask.dtype)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """The train-only augmentation of a DataModule (``data.augment``, ``augment_on``, ``aug_*``): per sample in
+    the loader workers (``on: loader``, :func:`train_transform`), or batched on the device after the transfer
+    (``on: device``, :func:`batch_augment`). Bad parameters are a ConfigError when it is made."""
+
+    enabled: bool = False
+    on: str = "loader"
+    scale: Sequence[float] = (0.8, 1.0)
+    ratio: Sequence[float] = (0.75, 4 / 3)
+    hflip: float = 0.5
+    vflip: float = 0.0
+    degrees: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.on not in ("loader", "device"):
+            raise ConfigError(f"data.augment_on must be one of ['loader', 'device'], got {self.on!r}")
+        object.__setattr__(self, "scale", tuple(self.scale))
+        object.__setattr__(self, "ratio", tuple(self.ratio))
+        if self.enabled:
+            self.transform((8, 8))  # validate the parameters now
+
+    def params(self) -> dict:
+        return dict(scale=self.scale, ratio=self.ratio, hflip=self.hflip, vflip=self.vflip, degrees=self.degrees)
+
+    def transform(self, size: tuple[int, int]) -> v2.Compose:
+        return train_transform(size, **self.params())
+
+    def loader_transform(self, size: tuple[int, int]) -> v2.Compose | None:
+        """The per-sample transform of the training set (None: none there)."""
+        return self.transform(size) if self.enabled and self.on == "loader" else None
+
+    def device_batch(self, batch: dict, mean: Sequence[float] | None, std: Sequence[float] | None) -> dict:
+        """``on: device``: a training batch augmented where it is; rotation corners black in normalised units."""
+        if not (self.enabled and self.on == "device"):
+            return batch
+        fill = -torch.tensor(mean) / torch.tensor(std) if mean is not None else None
+        batch = dict(batch)
+        batch["image"], batch["mask"] = batch_augment(batch["image"], batch["mask"], fill=fill, **self.params())
+        return batch
 
 
 def apply_joint(transform: Callable, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,16 +1,26 @@
-"""Validation of discovered samples: names, masks, files, splits — each problem one DataError line.
+"""Validation of discovered samples, before training: → a :class:`Report`, or one DataError line.
 
-:class:`Checks` holds the policies (``data.check``, ``skip_corrupt``, ``mask_size_mismatch``,
-``nonbinary_masks``, ``mask_threshold``, ``cache``); :meth:`Checks.check_files` returns the samples
-to keep and the decoded cache and leaves its counts in :attr:`Checks.report`.
+:class:`Checks` holds the policies; :meth:`Checks.run` checks a source's :class:`~ceod.data.discovery.Found`:
+
+* missing mask → error (``mask_dir: null`` trains without masks: CE only);
+* mask size ≠ image size → error, or ``mask_size_mismatch: resize`` (nearest, to the image);
+* non-binary mask → ``nonbinary_masks: threshold`` (≥ ``mask_threshold`` × full scale is AOI,
+  counted in the log) or ``error``;
+* unreadable/corrupt image or mask → error naming the file, or ``skip_corrupt: true`` (dropped,
+  counted). ``check: decode`` (default) decodes every file once — which also catches truncated
+  files — and, with ``cache: true``, keeps the resized tensors in memory so epochs never touch
+  the disk; ``check: header`` reads headers only (big sets; corrupt pixels then fail when loaded);
+* unknown label folder, an empty split, a class absent from a split, duplicate names (an image
+  listed twice, or two images sharing one name and thus one mask) → error.
 """
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,8 +35,11 @@ from ceod.data.samples import (
     resize_mask,
     to_image_tensor,
 )
-from ceod.errors import DataError
+from ceod.errors import ConfigError, DataError
 from ceod.log import info
+
+if TYPE_CHECKING:
+    from ceod.data.discovery import Found
 
 
 def first(items: list, k: int = 3) -> str:
@@ -35,24 +48,57 @@ def first(items: list, k: int = 3) -> str:
     return shown + (f" … (+{len(items) - k} more)" if len(items) > k else "")
 
 
-@dataclass
-class Checks:
-    """The validation policies of a DataModule (see :mod:`ceod.data.folder`)."""
+def choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"data.{name} must be one of {list(allowed)}, got {value!r}")
 
-    root: Path
+
+@dataclass
+class Report:
+    """What validation kept: the samples, their decoded tensors (``check: decode`` + ``cache``) and counts."""
+
+    samples: list[Sample]
+    cache: list | None
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Checks:
+    """The validation policies of a DataModule (see the module docstring)."""
+
     size: tuple[int, int]
     channels: int = 1
-    class_dirs: dict = field(default_factory=lambda: {"good": 0, "defect": 1})
-    aoi_mask: Path | None = None
     check: str = "decode"
     cache: bool = True
     mask_threshold: float = 0.5
     nonbinary_masks: str = "threshold"
     mask_size_mismatch: str = "error"
     skip_corrupt: bool = False
-    report: dict = field(default_factory=dict)
 
-    def check_names(self, samples: list[Sample]) -> None:
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ConfigError(f"data.channels must be 1 or 3, got {self.channels}")
+        if not 0 < self.mask_threshold <= 1:
+            raise ConfigError(f"data.mask_threshold must lie in (0, 1], got {self.mask_threshold}")
+        choice("nonbinary_masks", self.nonbinary_masks, ("threshold", "error"))
+        choice("mask_size_mismatch", self.mask_size_mismatch, ("error", "resize"))
+        choice("check", self.check, ("decode", "header"))
+
+    def run(self, found: Found) -> Report:
+        """Every check, in order: names, masks present, files (per the policies), splits."""
+        samples = sorted(found.samples, key=lambda s: str(s.image))
+        self.check_names(samples, found.shared_mask)
+        self.check_masks_exist(samples)
+        report = self.check_files(samples)
+        try:
+            self.check_splits(report.samples, found.root, found.class_dirs)
+        except DataError as e:
+            if not found.split_hint:
+                raise
+            raise DataError(f"{e} — {found.split_hint}") from None
+        return report
+
+    def check_names(self, samples: list[Sample], shared_mask: bool = False) -> None:
         """Duplicates: an image listed twice, or two images that share one name (and one mask)."""
         seen: dict[Path, Sample] = {}
         for s in samples:
@@ -69,7 +115,7 @@ class Checks:
             stems[key] = s.image
         masks: dict[Path, Path] = {}
         for s in samples:
-            if s.mask is None or self.aoi_mask is not None:  # one shared AOI is data.aoi_mask's point
+            if s.mask is None or shared_mask:  # one shared AOI is data.aoi_mask's point
                 continue
             key = Path(os.path.abspath(s.mask))
             if key in masks:
@@ -114,8 +160,8 @@ class Checks:
             out["cache"] = (resize_image(img, self.size).half(), m)
         return out
 
-    def check_files(self, samples: list[Sample]) -> tuple[list[Sample], list | None]:
-        """Read every file per ``check``; apply the corrupt/size/binary policies. → (kept samples, cache)."""
+    def check_files(self, samples: list[Sample]) -> Report:
+        """Read every file per ``check``; apply the corrupt/size/binary policies."""
         threads = max(1, min(8, os.cpu_count() or 1))
         if threads > 1 and len(samples) > 8:
             with ThreadPoolExecutor(threads) as pool:
@@ -137,8 +183,8 @@ class Checks:
             raise DataError(f"AOI mask {nonbinary[0].mask} is not binary ({len(nonbinary)} such mask(s)); "
                             "set data.nonbinary_masks=threshold to threshold them at data.mask_threshold")
         empty = [s for s, r in keep if r.get("empty") and s.label == 1]
-        self.report = {"checked": len(samples), "corrupt_skipped": len(corrupt), "mask_resized": len(sized),
-                       "mask_thresholded": len(nonbinary), "defect_empty_aoi": len(empty)}
+        counts = {"checked": len(samples), "corrupt_skipped": len(corrupt), "mask_resized": len(sized),
+                  "mask_thresholded": len(nonbinary), "defect_empty_aoi": len(empty)}
         if corrupt:
             info(f"skipped {len(corrupt)} unreadable file(s) (data.skip_corrupt=true): "
                  f"{first([str(s.image) for s, _ in corrupt])}")
@@ -150,14 +196,14 @@ class Checks:
         if empty:
             info(f"warning: {len(empty)} defective image(s) have an empty AOI mask: {first([s.image for s in empty])}")
         cache = [r["cache"] for _, r in keep] if self.check == "decode" and self.cache else None
-        return [s for s, _ in keep], cache
+        return Report([s for s, _ in keep], cache, counts)
 
-    def check_splits(self, samples: list[Sample]) -> None:
-        names = {v: k for k, v in self.class_dirs.items()}
+    def check_splits(self, samples: list[Sample], root: Path, class_dirs: dict) -> None:
+        names = {v: k for k, v in class_dirs.items()}
         for split in SPLITS:
             part = [s for s in samples if s.split == split]
             if not part:
-                raise DataError(f"split {split!r} is empty ({len(samples)} samples under {self.root}); "
+                raise DataError(f"split {split!r} is empty ({len(samples)} samples under {root}); "
                                 "add images or change data.split")
             for label in (0, 1):
                 if not any(s.label == label for s in part):
