@@ -1,4 +1,4 @@
-"""Pictures of results, pure matplotlib/PIL/numpy (no Lightning): heat-map overlays and grids, the
+"""Pictures of results, pure matplotlib/PIL/numpy/torch (no Lightning): heat-map overlays and grids, the
 confusion matrix, the ROC curve; atomic PNG writing.
 
 Shapes: ``image`` C×H×W (any normalisation; shown min-max scaled), ``heat`` H×W (≥ 0),
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
@@ -147,3 +148,28 @@ def save_png(array: np.ndarray, path: Path) -> Path:
 
     img = Image.fromarray(array)
     return atomic_write(path, lambda tmp: img.save(tmp, format="PNG", compress_level=1))
+
+
+def overlays(images: torch.Tensor, heats: torch.Tensor, preprocess: dict, alpha: float = 0.45) -> torch.Tensor:
+    """B×H×W×3 uint8 heat-map overlays, batched in torch on the images' device (the blend of :func:`overlay`,
+    image clipped rather than stretched): preprocessed images B×C×H×W (the ``preprocess`` record's
+    normalisation undone here) and heats B×H×W (≥ 0, scaled to their maximum per image)."""
+    x = images.float()
+    if preprocess.get("mean") is not None:
+        mean, std = (torch.tensor(preprocess[k], device=x.device).view(1, -1, 1, 1) for k in ("mean", "std"))
+        x = x * std + mean
+    base = x.clamp_(0, 1).mul_(255).permute(0, 2, 3, 1)  # B×H×W×C, C = 1 (broadcast) or 3
+    rel = heats.float() / heats.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
+    lut = torch.from_numpy(JET).to(device=x.device, dtype=torch.float32)
+    colour = torch.index_select(lut, 0, (rel * 255).round_().long().flatten()).view(*rel.shape, 3)
+    weight = rel.mul_(alpha).unsqueeze_(-1)  # cold pixels show the image, hot ones the colour
+    return colour.sub_(base).mul_(weight).add_(base).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def write_png(picture: np.ndarray, path: Path) -> None:
+    """An H×W×3 uint8 picture as a fast-compressed PNG, parent folders created; not atomic (for files in a
+    temporary folder that is renamed into place as a whole)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(picture).save(path, format="PNG", compress_level=1)

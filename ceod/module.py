@@ -95,9 +95,10 @@ class CEODModule(L.LightningModule):
         out = self.loss(logits, y, mask, features=feats, head_weight=self._head_weight, images=x,
                         step=self.global_step)
         n, k = y.shape[0], int(out.contributes.sum())
-        self.log("train/loss", out.total, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
-        self.log("train/ce", out.ce, on_step=False, on_epoch=True, batch_size=n)
-        if k:  # averaged over the images that contribute an OD (defective, valid AOI) only
+        self.log("train/loss", out.total, prog_bar=True, on_step=True, on_epoch=True, batch_size=n, sync_dist=True)
+        self.log("train/ce", out.ce, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        if k:  # averaged over the images that contribute an OD (defective, valid AOI) only; per rank under DDP
+            # (no sync: a rank whose shard has no defective image in an epoch would never join the reduction)
             self.log("train/od", out.od, on_step=False, on_epoch=True, batch_size=k)
             self.log("train/od_active", out.active, on_step=False, on_epoch=True, batch_size=k)
         return out.total
@@ -131,7 +132,9 @@ class CEODModule(L.LightningModule):
 
     def _eval_epoch_end(self, stage: str) -> None:
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
-        self.log_dict(metrics.compute())  # torchmetrics syncs across processes itself
+        # Every value below is computed from states torchmetrics has already gathered from all processes,
+        # so it is the same on every rank; sync_dist=True only averages equal numbers (and tells Lightning so).
+        self.log_dict(metrics.compute(), sync_dist=True)
         metrics.reset()
         scores: MetricCollection = getattr(self, f"{stage}_scores")
         prob, target = (scores[k].compute().reshape(-1) for k in ("prob", "target"))
@@ -140,14 +143,14 @@ class CEODModule(L.LightningModule):
         if stage == "val" and not self.trainer.sanity_checking:
             self.threshold = youden_threshold(prob, target)
         t = self.threshold
-        self.log(f"{stage}/threshold", t)
+        self.log(f"{stage}/threshold", t, sync_dist=True)
         for name, fn in (("acc", binary_accuracy), ("f1", binary_f1_score)):
-            self.log(f"{stage}/{name}", fn(prob, target, threshold=t))
-            self.log(f"{stage}/{name}@0.5", fn(prob, target, threshold=0.5))
+            self.log(f"{stage}/{name}", fn(prob, target, threshold=t), sync_dist=True)
+            self.log(f"{stage}/{name}@0.5", fn(prob, target, threshold=0.5), sync_dist=True)
         cm = binary_confusion_matrix(prob, target, threshold=t)
         self.confusion[stage] = cm.cpu()
         for (i, j), name in {(0, 0): "tn", (0, 1): "fp", (1, 0): "fn", (1, 1): "tp"}.items():
-            self.log(f"{stage}/{name}", cm[i, j].float())
+            self.log(f"{stage}/{name}", cm[i, j].float(), sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
         """Before validating a training epoch: BN running statistics recomputed over the training set."""

@@ -1,7 +1,7 @@
 """Score new images with a trained checkpoint — no masks:
 
     python -m ceod.predict ckpt=<file.ckpt> input=<dir|file|glob> out=<dir> [threshold=T] [heatmaps=false]
-                           [batch_size=32] [device=auto|cpu|cuda] [num_workers=0]
+                           [batch_size=32] [device=auto|cpu|cuda] [num_workers=auto]
 
 Writes ``<out>/predictions.csv`` (path, defect_score = P(defect), predicted_label at the checkpoint's
 threshold or ``threshold=``, predicted_class) and ``<out>/heatmaps/<name>.png`` (Grad-CAM overlays of the
@@ -23,7 +23,6 @@ from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
@@ -32,9 +31,10 @@ from ceod import figures
 from ceod.cam import grad_cam
 from ceod.cli import one_thread, prepare_out, write_csv
 from ceod.errors import CeodError, ConfigError, DataError
+from ceod.models.inference import as_input, for_inference
 
 USAGE = ("python -m ceod.predict ckpt=FILE input=DIR|FILE|GLOB out=DIR [threshold=T] [heatmaps=true] "
-         "[batch_size=32] [device=auto] [num_workers=0]")
+         "[batch_size=32] [device=auto] [num_workers=auto]")
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -159,23 +159,9 @@ def heatmap_names(names: list[str]) -> list[str]:
     return [f"{s}{'_' + Path(n).suffix.lstrip('.') if s in dup else ''}.png" for s, n in zip(stems, names)]
 
 
-def overlays(images: Tensor, heats: Tensor, preprocess: dict, alpha: float = 0.45) -> np.ndarray:
-    """B×H×W×3 uint8 heat-map overlays, batched in torch (the same blend as :func:`ceod.figures.overlay`):
-    preprocessed images B×C×H×W (normalisation undone here) and heats B×H×W."""
-    x = images.float()
-    if preprocess.get("mean") is not None:
-        x = x * torch.tensor(preprocess["std"]).view(1, -1, 1, 1) + torch.tensor(preprocess["mean"]).view(1, -1, 1, 1)
-    base = x.clamp_(0, 1).mul_(255).permute(0, 2, 3, 1)  # B×H×W×C, C = 1 (broadcast) or 3
-    rel = heats.float() / heats.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
-    lut = torch.from_numpy(figures.JET).float()
-    colour = torch.index_select(lut, 0, (rel * 255).round_().long().flatten()).view(*rel.shape, 3)
-    weight = rel.mul_(alpha).unsqueeze_(-1)  # cold pixels show the image, hot ones the colour
-    return colour.sub_(base).mul_(weight).add_(base).round_().clamp_(0, 255).to(torch.uint8).numpy()
-
-
 # ----------------------------------------------------------------------------- the command
 def predict(ckpt: str, input: str, out: str, threshold: float | None = None, heatmaps: bool = True,
-            batch_size: int = 32, device: str = "auto", num_workers: int = 0, progress: bool | None = None) -> dict:
+            batch_size: int = 32, device: str = "auto", num_workers: int | None = None, progress: bool | None = None) -> dict:
     """Score every image of ``input``; returns {"n", "skipped", "threshold", "csv"}. See the module docstring.
 
     All or nothing: heat maps go to a temp folder renamed to ``<out>/heatmaps`` at the end, the CSVs are
@@ -187,7 +173,7 @@ def predict(ckpt: str, input: str, out: str, threshold: float | None = None, hea
     thr = threshold_of(checkpoint, threshold)
     images = find_images(input)
     dev = _device(device)
-    model = build_model(checkpoint, ckpt).to(dev)
+    model = for_inference(build_model(checkpoint, ckpt), dev)  # BN folded, channels-last: same outputs, faster
     out_dir, created = prepare_out(out)
     tmp = Path(tempfile.mkdtemp(prefix=".heatmaps-", dir=out_dir)) if heatmaps else None
     try:
@@ -215,18 +201,21 @@ def predict(ckpt: str, input: str, out: str, threshold: float | None = None, hea
 
 
 def _score_all(model: nn.Module, record: dict, images: list[tuple[Path, str]], thr: float, heat_dir: Path | None,
-               batch_size: int, dev: torch.device, num_workers: int, progress: bool | None) -> tuple[list, list]:
+               batch_size: int, dev: torch.device, num_workers: int | None, progress: bool | None) -> tuple[list, list]:
     """Batches through the model → (csv rows, [(path, reason)] skipped); heat maps written to ``heat_dir``."""
     from tqdm import tqdm
 
     names = heatmap_names([n for _, n in images])
+    workers = _workers(num_workers, dev)
     loader = DataLoader(ImageFiles([p for p, _ in images], record["preprocess"]), batch_size=batch_size,
-                        num_workers=num_workers or 0, pin_memory=dev.type == "cuda")
+                        num_workers=workers, pin_memory=dev.type == "cuda")
     rows, skipped, pending = [], [], deque()
     cls, score, sign = int(record.get("defect_class", 1)), record.get("cam_score", "logit"), record.get("heat_sign", "relu")
     batches = iter(tqdm(loader, desc="predict", unit="batch", file=sys.stderr,
                         disable=(not progress) if progress is not None else None))
-    with ThreadPoolExecutor(max_workers=1) as writer:  # PNG encoding overlaps the next batch
+    # PNG encoding (PIL releases the GIL) overlaps the next batch: one thread on a CPU run, whose cores the
+    # forward keeps busy; on a GPU the CPU's cores are free for it
+    with ThreadPoolExecutor(max_workers=1 if dev.type == "cpu" else max(2, workers)) as writer:
         while True:
             with one_thread():  # per-image reading in this process: intra-op threads only spin
                 batch = next(batches, None)
@@ -239,20 +228,30 @@ def _score_all(model: nn.Module, record: dict, images: list[tuple[Path, str]], t
                 continue
             idx, x = (batch["index"].tolist(), batch["image"]) if ok.all() else (batch["index"][ok].tolist(),
                                                                                  batch["image"][ok])
-            x = x.to(dev, non_blocking=True)
+            x = as_input(x.to(dev, non_blocking=True))
             prob, heat = score_images(model, x, cls, score, sign, heat=heat_dir is not None)
             for i, p in zip(idx, prob.cpu().tolist()):
                 rows.append((str(images[i][0]), f"{p:.8f}", int(p >= thr), figures.CLASS_NAMES[int(p >= thr)]))
             if heat_dir is not None:
-                with one_thread():
-                    pictures = overlays(x.cpu(), heat.cpu(), record["preprocess"])
-                pending += [writer.submit(_write_png, pictures[j], heat_dir / names[i])
+                with one_thread() if dev.type == "cpu" else nullcontext():
+                    pictures = figures.overlays(x, heat, record["preprocess"]).cpu().numpy()  # on the device
+                pending += [writer.submit(figures.write_png, pictures[j], heat_dir / names[i])
                             for j, i in enumerate(idx)]
                 while len(pending) > 2 * batch_size:
                     pending.popleft().result()
         for f in pending:
             f.result()
     return rows, skipped
+
+
+def _workers(num_workers: int | None, dev: torch.device) -> int:
+    """DataLoader processes: as given, else (auto) 0 on a CPU run (decoding in this process, while the
+    forward has the cores) and up to 8 on a GPU run (decoding is then the bottleneck)."""
+    if num_workers is None:
+        return 0 if dev.type == "cpu" else min(8, max(1, (os.cpu_count() or 2) - 1))
+    if num_workers < 0:
+        raise ConfigError(f"num_workers must be ≥ 0, got {num_workers}")
+    return num_workers
 
 
 def _device(name: str) -> torch.device:
@@ -267,14 +266,6 @@ def _device(name: str) -> torch.device:
     return dev
 
 
-def _write_png(picture: np.ndarray, path: Path) -> None:
-    """One overlay PNG (inside the temp heat-map folder: no per-file rename needed)."""
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(picture).save(path, format="PNG", compress_level=1)
-
-
 def main(argv: list[str] | None = None) -> None:
     from ceod import cli
 
@@ -282,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         a = cli.parse(sys.argv[1:] if argv is None else argv,
                       {"ckpt": (str, ...), "input": (str, ...), "out": (str, ...), "threshold": (float, None),
                        "heatmaps": (bool, True), "batch_size": (int, 32), "device": (str, "auto"),
-                       "num_workers": (int, 0)}, usage=USAGE)
+                       "num_workers": (int, None)}, usage=USAGE)
         r = predict(**a)
         print(f"[ceod] scored {r['n']} image(s) at threshold {r['threshold']:.4f} → {r['csv']}")
 
@@ -291,3 +282,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+

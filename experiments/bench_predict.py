@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ceod.data.synthetic import config_for, generate
+from ceod.models.inference import as_input, for_inference
 from ceod.predict import ImageFiles, build_model, find_images, load_checkpoint, predict
 
 
@@ -37,24 +38,37 @@ def untrained_checkpoint(path: Path, size: int) -> Path:
     return path
 
 
-def bare_rate(ckpt: Path, images: str, batch: int) -> tuple[float, float]:
-    """(images/s, images per CPU-second) of the network alone on preprocessed in-memory batches."""
+def bare_rate(ckpt: Path, images: str, batch: int, optimised: bool = False, device: str = "cpu") -> tuple[float, float]:
+    """(images/s, images per CPU-second) of the network alone on preprocessed in-memory batches: as
+    trained (eager, fp32, NCHW), or ``optimised`` as predict runs it (BN folded, channels-last)."""
     checkpoint = load_checkpoint(ckpt)
     model = build_model(checkpoint)
     data = ImageFiles([p for p, _ in find_images(images)], checkpoint["ceod_inference"]["preprocess"])
     x = torch.stack([data[i]["image"] for i in range(len(data))])
+    model, x = model.to(device), x.to(device)
+    if optimised:
+        model, x = for_inference(model, device), as_input(x)
     with torch.no_grad():
         model(x[:batch])  # warm-up
+        _sync(device)
         t, cpu = time.perf_counter(), time.process_time()
         for i in range(0, len(x), batch):
             model(x[i:i + batch])
+        _sync(device)
         return len(x) / (time.perf_counter() - t), len(x) / (time.process_time() - cpu)
 
 
-def predict_rate(ckpt: Path, images: str, out: Path, batch: int, heatmaps: bool) -> tuple[float, float]:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def predict_rate(ckpt: Path, images: str, out: Path, batch: int, heatmaps: bool, device: str = "cpu",
+                 workers: int = 0) -> tuple[float, float]:
     """(images/s, images per CPU-second) of ``ceod.predict`` end to end."""
     t, cpu = time.perf_counter(), time.process_time()
-    r = predict(str(ckpt), images, str(out), heatmaps=heatmaps, batch_size=batch, device="cpu", progress=False)
+    r = predict(str(ckpt), images, str(out), heatmaps=heatmaps, batch_size=batch, device=device, progress=False,
+                num_workers=workers)
     return r["n"] / (time.perf_counter() - t), r["n"] / (time.process_time() - cpu)
 
 
@@ -66,6 +80,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (the bare forward runs there too)")
+    ap.add_argument("--workers", type=int, default=0, help="predict's num_workers (image decoding processes)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -75,15 +91,18 @@ def main() -> None:
                                               size=args.size))
             images = str(tmp / "data" / "images")
         ckpt = Path(args.ckpt) if args.ckpt else untrained_checkpoint(tmp / "model.ckpt", args.size)
-        rates: dict[str, list[tuple[float, float]]] = {"bare forward": [], "predict, heatmaps=false": [],
-                                                       "predict, heatmaps=true": []}
-        predict_rate(ckpt, images, tmp / "warm", args.batch, False)  # warm-up (imports, caches)
+        rates: dict[str, list[tuple[float, float]]] = {"bare forward": [], "bare forward, optimised": [],
+                                                       "predict, heatmaps=false": [], "predict, heatmaps=true": []}
+        dev, nw = args.device, args.workers
+        predict_rate(ckpt, images, tmp / "warm", args.batch, False, dev, nw)  # warm-up (imports, caches)
         for k in range(args.repeats):
-            rates["bare forward"].append(bare_rate(ckpt, images, args.batch))
-            rates["predict, heatmaps=false"].append(predict_rate(ckpt, images, tmp / f"a{k}", args.batch, False))
-            rates["predict, heatmaps=true"].append(predict_rate(ckpt, images, tmp / f"b{k}", args.batch, True))
+            rates["bare forward"].append(bare_rate(ckpt, images, args.batch, device=dev))
+            rates["bare forward, optimised"].append(bare_rate(ckpt, images, args.batch, True, dev))
+            rates["predict, heatmaps=false"].append(predict_rate(ckpt, images, tmp / f"a{k}", args.batch, False, dev, nw))
+            rates["predict, heatmaps=true"].append(predict_rate(ckpt, images, tmp / f"b{k}", args.batch, True, dev, nw))
     n = len(find_images(images)) if args.images else args.n
-    print(f"{n} images, batch {args.batch}, {torch.get_num_threads()} threads; best of {args.repeats}")
+    print(f"{n} images, batch {args.batch}, {args.device}, predict num_workers={args.workers}, "
+          f"{torch.get_num_threads()} threads; best of {args.repeats}")
     bare = [max(v[k] for v in rates["bare forward"]) for k in (0, 1)]
     print(f"{'variant':<26}{'images/s':>10}{'÷ bare':>8}{'img/CPU-s':>11}{'÷ bare':>8}   all runs (images/s)")
     for name, values in rates.items():

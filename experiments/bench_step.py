@@ -79,13 +79,14 @@ def build(name: str, channels: int) -> nn.Module:
     return TimmClassifier(name=name, in_chans=channels, pretrained=False)
 
 
-def step(model, opt, loss_fn, x, mask, y, head_weight, device) -> tuple[float, int]:
+def step(model, opt, loss_fn, x, mask, y, head_weight, device, dtype=None) -> tuple[float, int]:
     meter = SavedBytes()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack), \
+            torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         logits, feats = model(x)
         if loss_fn is None:
             total = nn.functional.cross_entropy(logits, y)
@@ -102,7 +103,8 @@ def step(model, opt, loss_fn, x, mask, y, head_weight, device) -> tuple[float, i
     return time.perf_counter() - t0, mem
 
 
-def bench(model_name: str, size: int, batch: int, reps: int, warmup: int, device: torch.device) -> None:
+def bench(model_name: str, size: int, batch: int, reps: int, warmup: int, device: torch.device,
+          dtype: torch.dtype | None = None) -> None:
     torch.manual_seed(0)
     channels = 1 if model_name == "custom_cnn" else 3
     model = build(model_name, channels).to(device).train()
@@ -125,14 +127,14 @@ def bench(model_name: str, size: int, batch: int, reps: int, warmup: int, device
     for r in range(warmup + reps):
         for name, (loss_fn, hw) in variants.items():
             hw_now = model.cam_head_weight if hw is not None else None  # fresh after each step
-            t, m = step(model, opt, loss_fn, x, mask, y, hw_now, device)
+            t, m = step(model, opt, loss_fn, x, mask, y, hw_now, device, dtype)
             if r >= warmup:
                 times[name].append(t)
                 mems[name].append(m)
     med = {k: statistics.median(v) for k, v in times.items()}
     mem = {k: max(v) for k, v in mems.items()}
     head = "analytic" if analytic is not None else "autograd"
-    print(f"\n{model_name} {size}px batch {batch} on {device.type}, median of {reps} (after {warmup} warm-up), "
+    print(f"\n{model_name} {size}px batch {batch} on {device.type} ({dtype or 'fp32'} autocast), median of {reps} (after {warmup} warm-up), "
           f"CAM path for 'ceod': {head}")
     print("| variant | step time (ms) | time / ce_plain | memory (MiB) | memory / ce_plain |")
     print(f"|---|---|---|---|---|")
@@ -150,13 +152,15 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=11)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp", choices=["none", "fp16", "bf16"], default="none", help="autocast forward + loss")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     for name in a.models:
         size = a.size or (128 if name == "custom_cnn" else 224)
-        bench(name, size, a.batch, a.reps, a.warmup, torch.device(a.device))
+        bench(name, size, a.batch, a.reps, a.warmup, torch.device(a.device),
+              {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[a.amp])
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ def test_ddp_two_cpu_processes_with_ceod(run_cli, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in r.stdout + r.stderr
     assert r.stdout.count("test results") == 1  # printed by rank 0 only
+    unsynced = [ln for ln in r.stderr.splitlines() if "sync_dist=True" in ln]
+    assert all("train/od" in ln for ln in unsynced), unsynced  # val/test metrics are the same on every rank
     assert (tmp_path / "out" / "checkpoints" / "last.ckpt").is_file()
 
 

@@ -93,7 +93,8 @@ def test_glob_input_and_unreadable_images_skipped_and_listed(trained_run, test_f
 
 
 @pytest.mark.parametrize("case", ["text_ckpt", "plain_torch_ckpt", "missing_ckpt", "empty_input", "no_input",
-                                  "all_unreadable", "out_is_a_file", "bad_threshold", "unknown_key", "missing_key"])
+                                  "all_unreadable", "out_is_a_file", "bad_threshold", "unknown_key", "missing_key",
+                                  "negative_workers"])
 def test_bad_input_is_one_line_and_writes_nothing(trained_run, test_folder, tmp_path, capsys, case):
     run, _ = trained_run
     folder, _ = test_folder
@@ -121,6 +122,8 @@ def test_bad_input_is_one_line_and_writes_nothing(trained_run, test_folder, tmp_
         extra = ["threshold=1.5"]
     elif case == "unknown_key":
         extra = ["thresold=0.5"]
+    elif case == "negative_workers":
+        extra = ["num_workers=-1"]
     args = [f"ckpt={ckpt}", f"input={inp}", f"out={out}", *extra]
     if case == "missing_key":
         args = args[:2]
@@ -132,7 +135,7 @@ def test_bad_input_is_one_line_and_writes_nothing(trained_run, test_folder, tmp_
     culprit = {"text_ckpt": "not a ceod checkpoint", "plain_torch_ckpt": "not a ceod checkpoint",
                "missing_ckpt": "nope.ckpt", "empty_input": "no images", "no_input": "nowhere",
                "all_unreadable": "a.png", "out_is_a_file": "not writable", "bad_threshold": "threshold",
-               "unknown_key": "thresold", "missing_key": "out="}[case]
+               "unknown_key": "thresold", "missing_key": "out=", "negative_workers": "num_workers"}[case]
     assert culprit in errors[0]
     assert not out.exists()  # nothing half-written
 
@@ -152,3 +155,32 @@ def test_cli_subprocess(trained_run, test_folder, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert [ln for ln in r.stderr.splitlines() if ln.startswith("error:")] == [
         f"error: not a ceod checkpoint: {run / 'config.yaml'} (not a PyTorch checkpoint file)"]
+
+
+def test_for_inference_folds_batch_norm_and_keeps_outputs_and_cam_layer():
+    """BN folding + channels-last change nothing a user sees: logits, features of a chosen CAM block
+    and Grad-CAM heat (autograd path) agree with the network as trained; 8 pairs folded."""
+    from ceod.cam import grad_cam
+    from ceod.models.custom_cnn import CustomCNN
+    from ceod.models.inference import as_input, fold_batchnorm, for_inference
+
+    torch.manual_seed(0)
+    net = CustomCNN(in_chans=1, cam_block=6).eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # statistics far from the identity, as after training
+            m.running_mean.normal_(0, 2)
+            m.running_var.uniform_(0.2, 4)
+            m.weight.data.uniform_(0.5, 2)
+            m.bias.data.normal_()
+    fast = for_inference(net)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules()) == 0
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == 8  # the original is untouched
+    x = torch.rand(4, 1, 64, 64)
+    (a_logits, a_feats), (b_logits, b_feats) = net(x), fast(as_input(x))
+    assert b_feats.shape == a_feats.shape == (4, 64, 16, 16)
+    torch.testing.assert_close(b_logits, a_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(b_feats, a_feats, rtol=1e-4, atol=1e-4)
+    heat = [grad_cam(f, lg, 1, None, create_graph=False) for lg, f in (net(x), fast(as_input(x)))]
+    torch.testing.assert_close(heat[1], heat[0], rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(CustomCNN(in_chans=1).train())
