@@ -51,6 +51,8 @@ KEYS = ("test/auroc", "test/aoi_energy", "test/pointing_game", "test/acc", "test
 
 
 def commit() -> str:
+    if os.environ.get("CEOD_COMMIT"):  # a copy of the tree without .git (e.g. a GPU machine)
+        return os.environ["CEOD_COMMIT"]
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
                             ":(exclude)experiments/results"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
