@@ -37,7 +37,8 @@ BENCHMARKS: dict[str, list[str]] = {
 METHODS: dict[str, list[str]] = {
     "ce": ["loss=ce"],
     "ceod_paper": ["loss=ceod_paper"],
-    "ceod": ["loss=ceod"],
+    "ceod": ["loss=ceod"],  # AOI dilated 9×9 until fc46ea3 (the CPU study), 17×17 since (the GPU study, §1b)
+    "ceod_k9": ["loss=ceod", "loss.kernel_size=9"],
     "ceod_nodilation": ["loss=ceod", "loss.kernel_size=3", "loss.kernel_value=0.5", "loss.filter_normalize=sum"],
     "rrr": ["loss=rrr"],
     "energy": ["loss=energy"],

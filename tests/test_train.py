@@ -129,7 +129,7 @@ def test_generator_list_values_and_requeue_resume(make_cfg, tmp_path, capsys):
 def test_loss_configs_instantiate(make_cfg):
     for name, expect in (("ce", dict(omega=0.0)),
                          ("ceod_paper", dict(omega=0.001, variant="log", filter_normalize="none", tau=0.5, cam_score="logit")),
-                         ("ceod", dict(omega=1.0, variant="log", filter_normalize="clip", kernel_size=9, kernel_value=1.0,
+                         ("ceod", dict(omega=1.0, variant="log", filter_normalize="clip", kernel_size=17, kernel_value=1.0,
                                        tau=0.0, cam_score="margin")),
                          ("ceod_linear", dict(variant="linear")),
                          ("ceod_normalized", dict(omega=0.1, tau=0.0, filter_normalize="sum"))):
