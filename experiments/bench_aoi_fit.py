@@ -1,13 +1,14 @@
 """``python -m ceod.aoi fit`` at full size: held-out IoU from 8 drawn masks, and wall time (target ≥ 0.9, ≤ 5 min).
 
     python experiments/bench_aoi_fit.py                       # both models, both data sets
-    python experiments/bench_aoi_fit.py --models forest --n 200
+    python experiments/bench_aoi_fit.py --models net --data photos --steps 600
 
 Data with a known AOI: the synthetic zipper set (128 px, ``ceod.data.synthetic``) and MVTec-like zipper
 photos (256 px, bent zippers, background margins; ``ceod.data.zipper_photos``). 8 masks are "drawn"
 (copied from the truth, spread over the set); the command holds 2 of them out and prints their IoU;
 this script also scores every predicted mask against the truth. Wall time is the whole command
-(features or training, prediction, writing), on however many cores the machine gives it.
+(features or training, prediction, writing), on however many cores the machine gives it; the 1-minute
+load average before and after each run is printed beside it (other processes sharing the cores).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def photos(out: Path, n: int) -> tuple[Path, Path]:
     return out / "images", out / "masks"
 
 
-def run(images: Path, truth: Path, work: Path, model: str, steps: int) -> dict:
+def run(images: Path, truth: Path, work: Path, model: str, steps: int | None) -> dict:
     drawn = work / "drawn"
     masks = sorted(truth.rglob("*.png"))
     for m in masks[:: max(1, len(masks) // 8)][:8]:
@@ -52,9 +53,9 @@ def run(images: Path, truth: Path, work: Path, model: str, steps: int) -> dict:
         shutil.copy(m, drawn / m.relative_to(truth))
     buf = StringIO()
     t = time.perf_counter()
+    args = ["fit", "--images", str(images), "--masks", str(drawn), "--out", str(work / "out"), "--model", model]
     with redirect_stdout(buf):
-        rc = aoi_main(["fit", "--images", str(images), "--masks", str(drawn), "--out", str(work / "out"),
-                       "--model", model, "--steps", str(steps)])
+        rc = aoi_main(args + (["--steps", str(steps)] if steps else []))
     wall = time.perf_counter() - t
     assert rc == 0, buf.getvalue()
     held = float(buf.getvalue().split("held-out IoU ")[1].split()[0])
@@ -69,18 +70,19 @@ def run(images: Path, truth: Path, work: Path, model: str, steps: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=100, help="images per data set")
-    p.add_argument("--models", nargs="+", default=["forest", "net"])
+    p.add_argument("--models", nargs="+", default=["net", "forest"])
     p.add_argument("--data", nargs="+", default=["synthetic", "photos"])
-    p.add_argument("--steps", type=int, default=600, help="net training steps")
+    p.add_argument("--steps", type=int, default=None, help="net training steps (default: the command's)")
     a = p.parse_args()
     print(f"bench_aoi_fit: {a.n} images per set, 8 drawn masks (2 held out by the command); {os.cpu_count()} CPU cores")
     for data in a.data:
         with tempfile.TemporaryDirectory(prefix="ceod-aoifit-") as tmp:
             images, truth = (synthetic if data == "synthetic" else photos)(Path(tmp) / "data", a.n)
             for model in a.models:
+                load = os.getloadavg()[0]
                 r = run(images, truth, Path(tmp) / model, model, a.steps)
                 print(f"{data:<10} {model:<7} held-out IoU {r['held']:.3f}  predicted vs truth: mean {r['mean']:.3f} "
-                      f"min {r['min']:.3f} (n={r['n']})  wall {r['wall']:6.1f} s  "
+                      f"min {r['min']:.3f} (n={r['n']})  wall {r['wall']:6.1f} s (load {load:.2f}→{os.getloadavg()[0]:.2f})  "
                       f"{'OK' if r['held'] >= 0.9 and r['wall'] <= 300 else 'MISS'} (≥ 0.9, ≤ 300 s)", flush=True)
 
 

@@ -1,6 +1,7 @@
 """``python -m ceod.aoi fit``: AOI masks for every image from 8 drawn ones, on synthetic data whose AOI is known.
 
-The full-size measurement (128 px, 8 masks, both models, timings) is ``experiments/bench_aoi_fit.py``.
+The full-size measurement (128 px synthetic and 256 px MVTec-like photos, 8 masks, both models, timings)
+is ``experiments/bench_aoi_fit.py``.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ def _ious(root: Path, drawn: Path, out: Path) -> list[float]:
     return ious
 
 
-def test_fit_from_8_masks_writes_every_mask(drawn, tmp_path, capsys):
+def test_forest_from_8_masks_writes_every_mask(drawn, tmp_path, capsys):
     root, masks = drawn
     out = tmp_path / "out"
-    assert main(["fit", "--images", str(root / "images"), "--masks", str(masks), "--out", str(out)]) == 0
+    assert main(["fit", "--images", str(root / "images"), "--masks", str(masks), "--out", str(out),
+                 "--model", "forest"]) == 0
     line = capsys.readouterr().out
     held = float(line.split("held-out IoU ")[1].split()[0])
     ious = _ious(root, masks, out)
@@ -58,13 +60,27 @@ def test_fit_from_8_masks_writes_every_mask(drawn, tmp_path, capsys):
     assert all(s.mask.is_relative_to(out) for v in dm.samples.values() for s in v)
 
 
+@pytest.mark.slow
+def test_default_net_reaches_09_from_8_masks(drawn, tmp_path, capsys):
+    """The default model (the segmentation net, default steps and size) from 6 masks: held-out IoU ≥ 0.9."""
+    root, masks = drawn
+    out = tmp_path / "net"
+    assert main(["fit", "--images", str(root / "images"), "--masks", str(masks), "--out", str(out)]) == 0
+    held = float(capsys.readouterr().out.split("held-out IoU ")[1].split()[0])
+    ious = _ious(root, masks, out)
+    assert held >= 0.9 and np.mean(ious) >= 0.9, (held, ious)
+    report = json.loads((out / "aoi_fit.json").read_text())
+    assert report["model"] == "net" and report["steps"] == 1000 and len(report["held_out"]) == 2
+
+
 def test_net_model_runs_and_records_itself(drawn, tmp_path):
     root, masks = drawn
     out = tmp_path / "net"
-    args = ["fit", "--images", str(root / "images"), "--masks", str(masks), "--out", str(out), "--model", "net",
-            "--steps", "3", "--size", "64", "--holdout", "1"]
+    args = ["fit", "--images", str(root / "images"), "--masks", str(masks), "--out", str(out),
+            "--steps", "3", "--size", "48", "--holdout", "1"]
     assert main(args) == 0
-    assert json.loads((out / "aoi_fit.json").read_text())["model"] == "net"
+    report = json.loads((out / "aoi_fit.json").read_text())
+    assert report["model"] == "net" and report["size"] == 48 and report["steps"] == 3
     assert len(list(out.rglob("*.png"))) == 28
 
 
@@ -76,7 +92,7 @@ def test_fit_errors_are_one_line(drawn, tmp_path, capsys):
     cases = [([*base, "--masks", str(tmp_path / "none")], "mask folder not found"),
              ([*base, "--masks", str(tmp_path / "other")], "0 of the masks"),
              ([*base, "--masks", str(masks), "--holdout", "8"], "--holdout 8 leaves no drawn mask"),
-             ([*base, "--masks", str(masks), "--model", "unet"], "--model one of")]
+             ([*base, "--masks", str(masks), "--model", "unet"], "--model must be one of")]
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "x").write_text("")
     cases.append(([*base, "--masks", str(masks)], "exists and is not empty"))
