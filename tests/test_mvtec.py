@@ -249,6 +249,7 @@ def test_mvtec_fast_dev_run(make_cfg, mvtec, tmp_path, loss):
     assert len(_manifest(tmp_path / "run" / "data_manifest.csv")) == N_IMAGES
 
 
+@pytest.mark.slow  # a subprocess (≈ 8 s of imports); the inner loop keeps one CLI case in test_train
 def test_missing_mvtec_is_one_line(run_cli):
     r = run_cli("+experiment=mvtec_zipper", "hydra.run.dir=out", timeout=120)
     errors = r.errors

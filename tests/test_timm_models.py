@@ -376,6 +376,7 @@ def test_n_larger_than_conv_layers_is_one_line(make_cfg):
     assert one_line(e.value) == "finetune.n=20 is larger than the 8 conv layers of CustomCNN"
 
 
+@pytest.mark.slow  # a subprocess (≈ 8 s of imports); the inner loop keeps one CLI case in test_train
 def test_unknown_timm_name_on_the_cli(run_cli):
     r = run_cli("model=timm", "model.name=efficientnet_bo", "hydra.run.dir=out", env={"OMP_NUM_THREADS": "1"},
                 timeout=120)
