@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ceod.data.layout import CLASS_DIRS, atomic_directory, require_empty, write_manifest
+from ceod.data.samples import split_by_class
 from ceod.errors import CeodError
 
 
@@ -31,17 +32,9 @@ def preset(variants: dict, variant: str, kind: str, **overrides):
 
 
 def seeded_split(seed: int, labels: np.ndarray, fractions: tuple[float, float, float]) -> list[str]:
-    """train/val/test per image (labels N ∈ {0, 1}), per class in the given proportions, shuffled with
-    ``seed`` — deterministic, so a generated dataset is the same bytes on every machine."""
-    rng = np.random.default_rng([seed, 7])
-    out = [""] * len(labels)
-    for cls in (0, 1):
-        idx = np.flatnonzero(labels == cls)
-        rng.shuffle(idx)
-        n_tr, n_va = (int(round(f * len(idx))) for f in fractions[:2])
-        for k, i in enumerate(idx):
-            out[i] = "train" if k < n_tr else "val" if k < n_tr + n_va else "test"
-    return out
+    """train/val/test per image (labels N ∈ {0, 1}): :func:`ceod.data.samples.split_by_class` seeded with
+    ``(seed, 7)``, per-split rounding — deterministic, so a generated dataset is the same bytes on every machine."""
+    return split_by_class(labels, fractions, np.random.default_rng([seed, 7]), cumulative=False)
 
 
 def write_generated(out: Path, samples: Iterable[tuple[np.ndarray, np.ndarray, int, str, dict]], generator: str,

@@ -11,7 +11,7 @@ brightest channel counts).
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,22 +73,35 @@ def read_manifest(path: Path, root: Path, label_names: dict[str, int] | None = N
     return samples
 
 
+def split_by_class(labels: Sequence[int], fractions: Sequence[float], rng: np.random.Generator,
+                   names: tuple[str, ...] = SPLITS, cumulative: bool = True) -> list[str]:
+    """The one stratified split: a split name per item (``labels`` N). Each class, in ascending label order,
+    is shuffled with ``rng``; rank r goes to ``names[j]`` for the first j with r < bound_j, the rest to the
+    last name. Bounds: round((f₀+…+f_j)·n) (``cumulative``: every split gets its rounded share, so a small
+    class still reaches the last split), or f₀·n, f₁·n, … each rounded and summed (the rule the generated
+    benchmarks were written with; kept so they stay the same bytes). Deterministic for a given ``rng``."""
+    if len(fractions) != len(names) or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
+        raise DataError(f"split fractions {tuple(fractions)} must be {len(names)} non-negative numbers summing to 1")
+    labels = np.asarray(labels)
+    out = [""] * len(labels)
+    for cls in sorted(set(labels.tolist())):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        n = len(idx)
+        bounds = (np.round(np.cumsum(fractions[:-1]) * n).astype(int) if cumulative
+                  else np.cumsum([int(round(f * n)) for f in fractions[:-1]]))
+        for rank, i in enumerate(idx):
+            out[i] = names[int(np.searchsorted(bounds, rank, side="right"))]
+    return out
+
+
 def stratified_split(
     samples: list[Sample], fractions: tuple[float, ...], seed: int, names: tuple[str, ...] = SPLITS
 ) -> list[Sample]:
-    """Assign splits per class in the given proportions, shuffled with ``seed`` (deterministic)."""
-    if len(fractions) != len(names) or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
-        raise DataError(f"split fractions {tuple(fractions)} must be {len(names)} non-negative numbers summing to 1")
-    rng = np.random.default_rng(seed)
-    out: list[Sample] = []
-    for label in sorted({s.label for s in samples}):
-        group = sorted((s for s in samples if s.label == label), key=lambda s: str(s.image))
-        order = rng.permutation(len(group))
-        bounds = np.round(np.cumsum(fractions) * len(group)).astype(int)
-        for rank, i in enumerate(order):
-            split = names[min(int(np.searchsorted(bounds, rank, side="right")), len(names) - 1)]
-            out.append(Sample(group[i].image, group[i].mask, group[i].label, split))
-    return sorted(out, key=lambda s: str(s.image))
+    """``samples`` (sorted by path) with splits from :func:`split_by_class`, shuffled with ``seed``."""
+    group = sorted(samples, key=lambda s: str(s.image))
+    splits = split_by_class([s.label for s in group], fractions, np.random.default_rng(seed), names)
+    return [Sample(s.image, s.mask, s.label, split) for s, split in zip(group, splits)]
 
 
 # ----------------------------------------------------------------------------- reading files
