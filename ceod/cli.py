@@ -100,7 +100,7 @@ def prepare_out(out: str | Path) -> tuple[Path, bool]:
 
 def write_csv(path: Path, header: list[str], rows: list) -> Path:
     """A CSV written whole (temp file + rename)."""
-    from ceod.figures import atomic_write
+    from ceod.data.layout import atomic_write
 
     buf = io.StringIO()
     w = csv.writer(buf)

@@ -116,7 +116,7 @@ def max_difference(model: nn.Module, path: str | Path, fmt: str, images: Tensor)
 
 def export(ckpt: str, format: str, out: str, heatmap: bool = False, check: bool = True) -> dict:
     """Write the deployable model; returns {"path", "max_abs_diff" (None without check)}."""
-    from ceod.figures import atomic_write
+    from ceod.data.layout import atomic_write
 
     if format not in FORMATS:
         raise ConfigError(f"format must be one of {list(FORMATS)}, got {format!r}")

@@ -1,5 +1,5 @@
 """Pictures of results, pure matplotlib/PIL/numpy/torch (no Lightning): heat-map overlays and grids, the
-confusion matrix, the ROC curve; atomic PNG writing.
+confusion matrix, the ROC curve; PNG writing.
 
 Shapes: ``image`` C×H×W (any normalisation; shown min-max scaled), ``heat`` H×W (≥ 0),
 ``mask`` H×W (0/1). Figures are built with :class:`matplotlib.figure.Figure` (the Agg canvas; no
@@ -8,8 +8,6 @@ pyplot, no global backend state).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -18,9 +16,9 @@ import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from ceod.data.layout import atomic_write  # the one atomic writer (temp file + rename, shared permissions)
+
 CLASS_NAMES = ("good", "defect")
-_UMASK = os.umask(0)
-os.umask(_UMASK)  # read once: files written via mkstemp get the usual permissions, not 0600
 JET = (colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)  # 256×3 lookup table
 
 
@@ -121,22 +119,6 @@ def roc_figure(labels: Sequence[int], probs: Sequence[float], title: str = "") -
     return fig
 
 
-def atomic_write(path: Path, write) -> Path:
-    """Call ``write(tmp_path)`` then rename to ``path`` (same folder): readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_figure(fig: Figure, path: Path, dpi: int = 100) -> Path:
     """Write ``fig`` as a PNG atomically."""
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
@@ -144,10 +126,7 @@ def save_figure(fig: Figure, path: Path, dpi: int = 100) -> Path:
 
 def save_png(array: np.ndarray, path: Path) -> Path:
     """Write an H×W×3 uint8 array as a PNG atomically (PIL; fast, for one overlay per image)."""
-    from PIL import Image
-
-    img = Image.fromarray(array)
-    return atomic_write(path, lambda tmp: img.save(tmp, format="PNG", compress_level=1))
+    return atomic_write(path, lambda tmp: write_png(array, Path(tmp)))
 
 
 def overlays(images: torch.Tensor, heats: torch.Tensor, preprocess: dict, alpha: float = 0.45) -> torch.Tensor:

@@ -206,7 +206,8 @@ def _bars(part: list[Run], losses: list[str], dataset: str, names: tuple[str, st
 
 def report(dir: str, seeds: str = "seed", out: str | None = None) -> dict:
     """Build and write the report of ``dir``; returns {"runs", "files"}."""
-    from ceod.figures import atomic_write, save_figure
+    from ceod.data.layout import atomic_write
+    from ceod.figures import save_figure
 
     root = Path(dir)
     runs = find_runs(root)
