@@ -18,6 +18,7 @@ from hydra.errors import HydraException, InstantiationException, MissingConfigEx
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from ceod.data.generated import generator_tag
 from ceod.errors import CeodError, ConfigError
 from ceod.log import echo, info, log_to_file
 from ceod.run import RunState, config_record, failure_marker, resume_checkpoint, run_id
@@ -26,19 +27,8 @@ from ceod.schema import validate
 __all__ = ["train", "run", "one_line", "cli", "run_id"]
 
 
-def generator_tag(overrides) -> str:
-    """'' for the preset synthetic dataset, else '_<hash>' of the generator overrides (its own cache folder)."""
-    if not overrides:
-        return ""
-    import hashlib
-    import json
-
-    items = OmegaConf.to_container(overrides, resolve=True) if isinstance(overrides, DictConfig) else overrides
-    return "_" + hashlib.sha1(json.dumps(items, sort_keys=True).encode()).hexdigest()[:8]
-
-
 OmegaConf.register_new_resolver("run_id", run_id, replace=True)
-OmegaConf.register_new_resolver("generator_tag", generator_tag, replace=True)
+OmegaConf.register_new_resolver("generator_tag", generator_tag, replace=True)  # data roots of generated sets
 
 
 def _unwrap(e: BaseException) -> BaseException:

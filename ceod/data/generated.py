@@ -61,3 +61,16 @@ def read_meta(root: str | Path) -> dict | None:
     """The ``meta.json`` of a generated dataset (generator, version, config), None when there is none."""
     path = Path(root) / "meta.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def generator_tag(overrides) -> str:
+    """The Hydra resolver ``${generator_tag:${data.generator}}`` of generated data roots: '' for the preset
+    dataset, else '_<hash>' of the generator overrides (so each variant gets its own cache folder)."""
+    if not overrides:
+        return ""
+    import hashlib
+
+    from omegaconf import DictConfig, OmegaConf
+
+    items = OmegaConf.to_container(overrides, resolve=True) if isinstance(overrides, DictConfig) else overrides
+    return "_" + hashlib.sha1(json.dumps(items, sort_keys=True).encode()).hexdigest()[:8]
