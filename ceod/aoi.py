@@ -76,8 +76,9 @@ def _gray(path: Path, width: int) -> np.ndarray:
 
 def predict_mask(model, image: Path, width: int) -> np.ndarray:
     """H×W bool AOI at the image's own size (probability upsampled bilinearly, threshold 0.5)."""
-    prob = torch.from_numpy(np.ascontiguousarray(model.predict(_gray(image, width)), dtype=np.float32))
-    h, w = load_image(image, 1).shape[-2:]
+    img = load_image(image, 1)  # decoded once: the working copy and the output size both come from it
+    prob = torch.from_numpy(np.ascontiguousarray(model.predict(work_gray(img, width)), dtype=np.float32))
+    h, w = img.shape[-2:]
     return (F.interpolate(prob[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0] > 0.5).numpy()
 
 

@@ -38,14 +38,10 @@ def display_image(image: np.ndarray, stretch: bool = True) -> np.ndarray:
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, stretch: bool = True) -> np.ndarray:
     """H×W×3 uint8: the image (see :func:`display_image`) with the heat map (scaled to its own max, jet
-    colours) blended on top, more where it is hotter."""
-    base = display_image(image, stretch)
-    h = np.asarray(heat, dtype=np.float32)
-    top = float(h.max()) if h.size else 0.0
-    rel = h / top if top > 0 else np.zeros_like(h)
-    colour = JET[np.clip((rel * 255).round(), 0, 255).astype(np.uint8)].astype(np.float32) / 255
-    weight = alpha * rel[..., None]  # cold pixels show the image, hot ones the colour
-    return ((1 - weight) * base * 255 + weight * colour * 255).round().clip(0, 255).astype(np.uint8)
+    colours) blended on top, more where it is hotter — :func:`overlays` for one image."""
+    base = torch.from_numpy(np.ascontiguousarray(display_image(image, stretch).transpose(2, 0, 1)))
+    heat = torch.as_tensor(np.asarray(heat, dtype=np.float32))
+    return overlays(base[None], heat[None], {}, alpha)[0].numpy()
 
 
 def heat_grid(images: np.ndarray, heats: np.ndarray, masks: np.ndarray | None, labels: Sequence[int],
@@ -130,9 +126,9 @@ def save_png(array: np.ndarray, path: Path) -> Path:
 
 
 def overlays(images: torch.Tensor, heats: torch.Tensor, preprocess: dict, alpha: float = 0.45) -> torch.Tensor:
-    """B×H×W×3 uint8 heat-map overlays, batched in torch on the images' device (the blend of :func:`overlay`,
-    image clipped rather than stretched): preprocessed images B×C×H×W (the ``preprocess`` record's
-    normalisation undone here) and heats B×H×W (≥ 0, scaled to their maximum per image)."""
+    """B×H×W×3 uint8 heat-map overlays, batched in torch on the images' device (the one blend; images
+    clipped to [0, 1]): preprocessed images B×C×H×W (the ``preprocess`` record's normalisation undone here)
+    and heats B×H×W (≥ 0, scaled to their maximum per image, jet colours, weight α·heat)."""
     x = images.float()
     if preprocess.get("mean") is not None:
         mean, std = (torch.tensor(preprocess[k], device=x.device).view(1, -1, 1, 1) for k in ("mean", "std"))
