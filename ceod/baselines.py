@@ -1,7 +1,8 @@
 """Literature baselines behind CEOD's (images, label, AOI mask) contract — pure torch.
 
 * :class:`RRRLoss` — "Right for the Right Reasons" (Ross et al. 2017): CE + λ·Σ_pixels((1 − A)·∂Σ_k log p_k/∂x)²,
-  the input gradient of the summed log-probabilities penalised outside the AOI (second order).
+  the input gradient of the summed log-probabilities penalised outside the AOI (second order); an image
+  without an AOI (all-zero mask: not annotated) adds no penalty.
 * :class:`EnergyLoss` — the energy-pointing-game loss (Rao et al. 2023): CE + λ·y·(1 − Σ A⁺·AOI / Σ A⁺),
   one minus the share of positive attribution (here the defect-class Grad-CAM) inside the AOI.
 * :class:`BackgroundRandomizationLoss` — plain CE on training images whose pixels outside the AOI are
@@ -10,6 +11,9 @@
 
 All take ``omega`` (λ) and the CAM options of :class:`ceod.loss.CEODOptions` (for the heat they log and
 the metrics use); ``penalty`` returns a :class:`ceod.loss.CEODOutput` whose ``od`` is the baseline's term.
+An all-zero AOI mask means "no mask for this image" for every one of them: it adds no mask term (RRR,
+energy) and its background is not randomised (bg_random) — so partially annotated batches train the
+unannotated images with plain CE.
 """
 
 from __future__ import annotations
@@ -65,7 +69,8 @@ def input_gradient_penalty(logits: Tensor, images: Tensor, aoi_mask: Tensor) -> 
 
 
 class RRRLoss(AttributionLoss):
-    """CE + λ·mean_i Σ((1 − AOI)·∇_x Σ log p)² (Ross et al. 2017); every image contributes (their setting)."""
+    """CE + λ·mean_i Σ((1 − AOI)·∇_x Σ log p)² (Ross et al. 2017); every image with a non-empty AOI contributes
+    (their setting: every image has one), good and defective alike; an image without one (all-zero mask) adds 0."""
 
     needs_input_grad = True
 
@@ -87,7 +92,8 @@ class RRRLoss(AttributionLoss):
         if aoi_mask.shape[-2:] != images.shape[-2:]:
             raise ValueError(f"AOI mask {tuple(aoi_mask.shape)} does not match images {tuple(images.shape)}")
         term = input_gradient_penalty(logits, images, aoi_mask)
-        return _output(ce_i, term, weight, self.opts.omega_at(step))
+        annotated = aoi_mask.flatten(1).amax(dim=1) > 0  # B: an all-zero mask is "no AOI", not "all outside"
+        return _output(ce_i, term, weight & annotated, self.opts.omega_at(step))
 
 
 class EnergyLoss(AttributionLoss):

@@ -1,7 +1,9 @@
 """AOI-attention metrics (torchmetrics): where does the defect-class heat map fall?
 
 Inputs: heat B×H×W (≥ 0, image size), AOI mask B×H×W (0/1), target B. Only defective images
-(target == defect class) with a non-empty AOI count. An all-zero heat map scores 0 (a miss).
+(target == defect class) with a non-empty AOI count: an image without a mask (all-zero, e.g. under
+``data.missing_masks=ce``) is left out, so a partially annotated split is scored on its annotated images.
+An all-zero heat map scores 0 (a miss).
 """
 
 from __future__ import annotations

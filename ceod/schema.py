@@ -46,6 +46,10 @@ class DataSchema:
     num_workers: int = 0
     channels: int = 1
     root: Optional[str] = None
+    mask_fraction: Number = 1.0
+    missing_masks: str = "error"
+    mask_noise: Optional[str] = None
+    mask_seed: int = 0
 
 
 @dataclass
@@ -68,6 +72,12 @@ class RunSchema:
 
 def _at_least(lo: float) -> Callable[[Any], str | None]:
     return lambda v: None if v >= lo else f"must be ≥ {lo:g}"
+
+
+def _mask_noise(v: Any) -> str | None:
+    from ceod.data.masks import noise_problem
+
+    return noise_problem(v)
 
 
 def _fraction_or_count(v: Any) -> str | None:
@@ -94,6 +104,10 @@ LIMITS: dict[str, Callable[[Any], str | None]] = {
     "data.batch_size": _at_least(1),
     "data.num_workers": _at_least(0),
     "data.channels": lambda v: None if v in (1, 3) else "must be 1 or 3",
+    "data.mask_fraction": lambda v: None if 0 <= v <= 1 else "must lie in [0, 1]",
+    "data.missing_masks": lambda v: None if v in ("error", "ce") else "must be error or ce",
+    "data.mask_noise": _mask_noise,
+    "data.mask_seed": lambda v: None if 0 <= v < 2**32 else "must be in [0, 2^32)",
     "optimizer.lr": lambda v: None if v > 0 else "must be > 0",
     "optimizer.weight_decay": _at_least(0),
 }

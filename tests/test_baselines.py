@@ -94,3 +94,28 @@ def test_background_randomisation_keeps_the_aoi_and_replaces_the_rest():
 def test_options_a_baseline_does_not_take_are_config_errors(cls, bad):
     with pytest.raises(ConfigError, match=f"loss\\.{next(iter(bad))}"):
         cls(**bad)
+
+
+def test_images_without_a_mask_add_no_mask_term_in_any_loss():
+    """A partially annotated batch: image 1 has an all-zero mask (not annotated). RRR, energy and CEOD add
+    nothing for it (before the fix RRR penalised its whole input gradient as "outside"); bg_random keeps it."""
+    from ceod.loss import CEODLoss
+
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(4, 4, dtype=torch.float64, generator=g)
+    x = torch.rand(3, 1, 4, 4, dtype=torch.float64, generator=g)
+    mask = torch.zeros(3, 4, 4, dtype=torch.float64)
+    mask[[0, 2], 1:3, 1:3] = 1
+    target = torch.tensor([1, 1, 0])
+    rrr = RRRLoss(omega=2.0)
+    xi = rrr.prepare_inputs(x, mask, target)
+    logits = _linear_model(w)(xi)
+    out = rrr(logits, target, mask, heat=torch.rand(3, 4, 4, dtype=torch.float64), images=xi)
+    pen = input_gradient_penalty(logits, xi, mask)
+    assert pen[1] > 0 and out.contributes.tolist() == [True, False, True]
+    expected = F.cross_entropy(logits, target) + 2.0 * (pen[0] + pen[2]) / 3
+    assert out.total.item() == pytest.approx(expected.item(), rel=1e-9)
+    heat = torch.rand(3, 4, 4, dtype=torch.float64, generator=g)
+    for loss in (EnergyLoss(), CEODLoss()):
+        assert not loss(logits.detach(), target, mask, heat=heat).contributes[1]
+    assert torch.equal(BackgroundRandomizationLoss().prepare_inputs(x, mask, target)[1], x[1])

@@ -71,3 +71,17 @@ def test_fp16_features_are_scaled_before_autograd_and_unscaled_after():
     alpha = grad_cam_weights(logits, feats16, 1, create_graph=False)
     assert FP16_CAM_SCALE > 1 and alpha.dtype == torch.float32
     assert torch.allclose(alpha, w[1].expand(2, 3) / 16, rtol=1e-2)
+
+
+def test_aoi_metrics_score_annotated_images_only():
+    """An image without a mask (all-zero: not annotated) leaves both AOI metrics as they are."""
+    heat, mask, target = _case()
+    extra_heat = torch.zeros(1, 4, 4)
+    extra_heat[0, 0, 0] = 9.0  # all its heat "outside": it would pull both metrics down if it counted
+    both = [m() for m in (AOIEnergy, PointingGame)]
+    alone = [m() for m in (AOIEnergy, PointingGame)]
+    for metric in both:
+        metric.update(torch.cat([heat, extra_heat]), torch.cat([mask, torch.zeros(1, 4, 4)]), torch.tensor([1, 1, 0, 1]))
+    for metric in alone:
+        metric.update(heat, mask, target)
+    assert [m.compute().item() for m in both] == [m.compute().item() for m in alone]

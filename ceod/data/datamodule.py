@@ -7,6 +7,12 @@ columns — feed it back as ``data.manifest`` to reuse the exact split) and buil
 :class:`~ceod.data.dataset.SegmentedImageDataset` of each split. Training images are augmented
 (:class:`~ceod.data.transforms.Augment`, train split only; val/test are only resized).
 
+Fewer and rougher masks (:mod:`ceod.data.masks`, training split only): ``mask_fraction`` keeps the masks of a
+seeded (``mask_seed``), stratified share of the training images, ``missing_masks: ce`` accepts images without a
+mask file (both train those images with CE only: all-zero mask, batch key ``annotated`` False), ``mask_noise``
+perturbs the training masks (box, dilate:K, erode:K, shift:K, drop:P). The written manifest leaves the
+``mask`` cell of an image trained without a mask empty and names the perturbation in a ``mask_noise`` column.
+
 The data config is flat: the keys below are the DataModule's; every other key is the source's
 (``source`` is a class or ``functools.partial`` called with ``root`` and them, or a ready source object).
 """
@@ -25,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ceod.data.dataset import SegmentedImageDataset, size2
 from ceod.data.discovery import Context, FolderTree, Found, Source, write_data_manifest
+from ceod.data.masks import MaskNoise, check_annotated, check_fraction, drop_masks, mask_counts, parse_noise
 from ceod.data.samples import SPLITS
 from ceod.data.transforms import Augment
 from ceod.data.validate import Checks
@@ -82,6 +89,8 @@ class DefectDataModule(L.LightningDataModule):
                  aug_hflip: float = 0.5, aug_vflip: float = 0.0, aug_degrees: float = 10.0,
                  mask_threshold: float = 0.5, nonbinary_masks: str = "threshold", mask_size_mismatch: str = "error",
                  check: str = "decode", skip_corrupt: bool = False, cache: bool = True,
+                 mask_fraction: float = 1.0, missing_masks: str = "error", mask_noise: str | None = None,
+                 mask_seed: int = 0,
                  manifest_out: str | None = None, batch_size: int = 32, num_workers: int = 0,
                  pin_memory: bool | str = "auto", persistent_workers: bool = True, **source_options) -> None:
         super().__init__()
@@ -90,7 +99,9 @@ class DefectDataModule(L.LightningDataModule):
         self.mean = tuple(mean) if mean is not None else None
         self.std = tuple(std) if std is not None else None
         self.checks = Checks(self.size, channels, check, cache, mask_threshold, nonbinary_masks, mask_size_mismatch,
-                             skip_corrupt)
+                             skip_corrupt, missing_masks)
+        self.mask_fraction, self.mask_seed = check_fraction(mask_fraction), int(mask_seed)
+        self.mask_noise = mask_noise if parse_noise(mask_noise) else None
         self.aug = Augment(augment, augment_on, aug_scale, aug_ratio, aug_hflip, aug_vflip, aug_degrees)
         self.manifest_out = Path(manifest_out) if manifest_out else None
         self.loaders = Loaders(batch_size, num_workers, pin_memory, persistent_workers)
@@ -129,21 +140,39 @@ class DefectDataModule(L.LightningDataModule):
         self.check_normalization()
         found = self.discover()
         report = self.checks.run(found)
+        kept = self.annotate(report.samples, report.counts.get("mask_missing", 0))
         path = None
         if self.manifest_out is not None and rank_zero_only.rank == 0:
-            path = write_data_manifest(self.manifest_out / MANIFEST_NAME, report.samples, found.root, found.columns)
+            columns = found.columns
+            if self.mask_noise:
+                columns = {**columns, **{s.image: {**columns.get(s.image, {}), "mask_noise": self.mask_noise}
+                                         for s in kept if s.split == "train" and s.mask is not None}}
+            path = write_data_manifest(self.manifest_out / MANIFEST_NAME, kept, found.root, columns)
         transform = self.aug.loader_transform(self.size)
         samples, datasets = {}, {}
         for split in SPLITS:
-            idx = [i for i, s in enumerate(report.samples) if s.split == split]
-            samples[split] = [report.samples[i] for i in idx]
+            idx = [i for i, s in enumerate(kept) if s.split == split]
+            samples[split] = [kept[i] for i in idx]
+            noise = (MaskNoise(self.mask_noise, len(idx), self.mask_seed)
+                     if self.mask_noise and split == "train" else None)
             datasets[split] = SegmentedImageDataset(
                 samples[split], self.size, self.channels, self.mean, self.std,
                 transform=transform if split == "train" else None, mask_threshold=self.checks.mask_threshold,
-                cache=[report.cache[i] for i in idx] if report.cache is not None else None)
+                cache=[report.cache[i] for i in idx] if report.cache is not None else None, perturb=noise)
         self.samples, self.datasets, self.report = samples, datasets, report.counts  # all or nothing
-        counts = ", ".join(f"{k} {len(v)} ({sum(s.label for s in v)} defective)" for k, v in samples.items())
-        info(f"data: {counts}" + (f"; manifest {path}" if path else ""))
+        counts = ", ".join(f"{k} {len(v)} ({mask_counts(v)})" for k, v in samples.items())
+        noise = f"; training masks perturbed: {self.mask_noise} (data.mask_noise)" if self.mask_noise else ""
+        info(f"data: {counts}{noise}" + (f"; manifest {path}" if path else ""))
+
+    def annotate(self, samples: list, missing: int) -> list:
+        """``samples`` after ``mask_fraction`` (training split); a DataError when no defective training image
+        keeps a mask although some were dropped (``missing``: images ``missing_masks: ce`` left without one)."""
+        kept = drop_masks(samples, self.mask_fraction, self.mask_seed)
+        if self.mask_fraction < 1:
+            check_annotated(kept, f"data.mask_fraction={self.mask_fraction:g}")
+        elif missing:
+            check_annotated(kept, "data.missing_masks=ce")
+        return kept
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """``augment_on: device``: augment training batches where they are (GPU), batched."""

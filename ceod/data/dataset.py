@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset, get_worker_info
@@ -13,24 +13,33 @@ from ceod.errors import ConfigError
 
 
 class SegmentedImageDataset(Dataset):
-    """Items: {"image": C×H×W float, "mask": H×W float 0/1, "label": long, "index": long}.
+    """Items: {"image": C×H×W float, "mask": H×W float 0/1, "label": long, "index": long, "annotated": bool}.
 
     ``cache``: per sample (image C×H×W float16 in [0,1], mask H×W bool) already resized; without
     it, files are read and resized on access. ``transform``: joint augmentation (train only).
+    A sample without a mask file (``Sample.mask is None``) gets an all-zero mask and ``annotated`` False: every
+    loss then adds no mask term for it. ``perturb(i, mask)`` (H×W → H×W, e.g. :class:`ceod.data.masks.MaskNoise`)
+    changes the i-th sample's mask before augmentation — once, here, for a cached set; on access otherwise.
     """
 
     def __init__(self, samples: list[Sample], image_size: int | Sequence[int], channels: int,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  transform=None, cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                 mask_threshold: float = 0.5) -> None:
+                 mask_threshold: float = 0.5, perturb: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> None:
         self.samples = samples
         self.size = size2(image_size)
         self.channels = channels
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) if mean is not None else None
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) if std is not None else None
         self.transform = transform
-        self.cache = cache
         self.mask_threshold = mask_threshold
+        self.perturb = perturb
+        if cache is not None:  # unannotated samples (masks dropped after validation) hold zeros
+            cache = [(img, m if s.mask is not None else torch.zeros_like(m)) for s, (img, m) in zip(samples, cache)]
+            if perturb is not None:
+                cache = [(img, perturb(i, m) if s.mask is not None else m)
+                         for i, (s, (img, m)) in enumerate(zip(samples, cache))]
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -44,7 +53,8 @@ class SegmentedImageDataset(Dataset):
         img = resize_image(to_image_tensor(read_array(s.image), self.channels, s.image), self.size)
         if s.mask is None:
             return img, torch.zeros(self.size)
-        return img, load_mask(s.mask, self.mask_threshold, self.size)
+        mask = load_mask(s.mask, self.mask_threshold, self.size)
+        return img, self.perturb(i, mask) if self.perturb is not None else mask
 
     def __getitem__(self, i: int) -> dict:
         img, mask = self.raw(i)
@@ -62,7 +72,9 @@ class SegmentedImageDataset(Dataset):
                 img, mask = apply_joint(self.transform, img, mask)
         if self.mean is not None:
             img = (img - self.mean) / self.std
-        return {"image": img, "mask": mask, "label": torch.tensor(self.samples[i].label), "index": torch.tensor(i)}
+        s = self.samples[i]
+        return {"image": img, "mask": mask, "label": torch.tensor(s.label), "index": torch.tensor(i),
+                "annotated": torch.tensor(s.mask is not None)}
 
 
 def size2(size) -> tuple[int, int]:

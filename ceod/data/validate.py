@@ -2,7 +2,9 @@
 
 :class:`Checks` holds the policies; :meth:`Checks.run` checks a source's :class:`~ceod.data.discovery.Found`:
 
-* missing mask → error (``mask_dir: null`` trains without masks: CE only);
+* missing mask → error (``mask_dir: null`` trains without masks: CE only), also when a manifest leaves the
+  ``mask`` cell of some rows empty; ``missing_masks: ce`` accepts both: those images train with CE only
+  (all-zero mask; counted in the log);
 * mask size ≠ image size → error, or ``mask_size_mismatch: resize`` (nearest, to the image);
 * non-binary mask → ``nonbinary_masks: threshold`` (≥ ``mask_threshold`` × full scale is AOI,
   counted in the log) or ``error``;
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +39,8 @@ from ceod.data.samples import (
 )
 from ceod.errors import ConfigError, DataError
 from ceod.log import info
+
+MISSING_MASKS = ("error", "ce")
 
 if TYPE_CHECKING:
     from ceod.data.discovery import Found
@@ -74,6 +78,7 @@ class Checks:
     nonbinary_masks: str = "threshold"
     mask_size_mismatch: str = "error"
     skip_corrupt: bool = False
+    missing_masks: str = "error"
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -83,13 +88,15 @@ class Checks:
         choice("nonbinary_masks", self.nonbinary_masks, ("threshold", "error"))
         choice("mask_size_mismatch", self.mask_size_mismatch, ("error", "resize"))
         choice("check", self.check, ("decode", "header"))
+        choice("missing_masks", self.missing_masks, MISSING_MASKS)
 
     def run(self, found: Found) -> Report:
         """Every check, in order: names, masks present, files (per the policies), splits."""
         samples = sorted(found.samples, key=lambda s: str(s.image))
         self.check_names(samples, found.shared_mask)
-        self.check_masks_exist(samples)
+        samples, missing = self.check_masks_exist(samples)
         report = self.check_files(samples)
+        report.counts["mask_missing"] = missing
         try:
             self.check_splits(report.samples, found.root, found.class_dirs)
         except DataError as e:
@@ -122,11 +129,29 @@ class Checks:
                 raise DataError(f"duplicate mask: {masks[key]} and {s.image} both use {s.mask}")
             masks[key] = s.image
 
-    def check_masks_exist(self, samples: list[Sample]) -> None:
-        missing = [s for s in samples if s.mask is not None and not s.mask.is_file()]
-        if missing:
-            s = missing[0]
-            raise DataError(f"AOI mask missing for {len(missing)} image(s), first: {s.image} (expected {s.mask})")
+    def check_masks_exist(self, samples: list[Sample]) -> tuple[list[Sample], int]:
+        """Mask files named but absent, or some images without a mask while others have one: an error, or with
+        ``missing_masks: ce`` those images lose their mask (CE only). → (samples, how many lack a mask)."""
+        absent = [i for i, s in enumerate(samples) if s.mask is not None and not s.mask.is_file()]
+        named = sum(s.mask is not None for s in samples)
+        unnamed = len(samples) - named if named else 0  # none named at all: CE only by design (mask_dir: null)
+        hint = "data.missing_masks=ce trains images without a mask with CE only"
+        if self.missing_masks == "ce":
+            out = list(samples)
+            for i in absent:
+                out[i] = replace(out[i], mask=None)
+            if absent or unnamed:
+                info(f"{len(absent) + unnamed} of {len(samples)} image(s) have no AOI mask and train with CE only "
+                     f"(data.missing_masks=ce): {first([s.image for s in out if s.mask is None])}")
+            return out, len(absent) + unnamed
+        if absent:
+            s = samples[absent[0]]
+            raise DataError(f"AOI mask missing for {len(absent)} image(s), first: {s.image} (expected {s.mask}); {hint}")
+        if unnamed:
+            s = next(s for s in samples if s.mask is None)
+            raise DataError(f"{unnamed} image(s) have no AOI mask (an empty mask cell) while {named} have one, "
+                            f"first: {s.image}; {hint}")
+        return samples, 0
 
     def _inspect(self, s: Sample) -> dict:
         """Read one sample as the ``check`` policy says; problems are returned, not raised."""
