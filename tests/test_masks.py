@@ -237,3 +237,11 @@ def test_partially_annotated_rough_masks_train_end_to_end(make_cfg, tmp_path, ti
         rows = list(csv.DictReader(f))
     assert {r["mask_noise"] for r in rows if r["split"] == "train" and r["mask"]} == {"box+dilate:1"}
     assert all(not r["mask_noise"] for r in rows if r["split"] != "train" or not r["mask"])
+
+
+def test_noise_that_empties_masks_is_reported(tiny_root, capsys):
+    dm = DefectDataModule(str(tiny_root), image_size=32, mask_noise="erode:40")
+    dm.setup()
+    n = len(dm.samples["train"])
+    assert all(not m.any() for m in _train_masks(dm))
+    assert f"data.mask_noise=erode:40 left {n} training mask(s) empty" in capsys.readouterr().out

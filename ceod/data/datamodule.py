@@ -160,9 +160,20 @@ class DefectDataModule(L.LightningDataModule):
                 transform=transform if split == "train" else None, mask_threshold=self.checks.mask_threshold,
                 cache=[report.cache[i] for i in idx] if report.cache is not None else None, perturb=noise)
         self.samples, self.datasets, self.report = samples, datasets, report.counts  # all or nothing
+        self.warn_emptied(datasets["train"])
         counts = ", ".join(f"{k} {len(v)} ({mask_counts(v)})" for k, v in samples.items())
         noise = f"; training masks perturbed: {self.mask_noise} (data.mask_noise)" if self.mask_noise else ""
         info(f"data: {counts}{noise}" + (f"; manifest {path}" if path else ""))
+
+    def warn_emptied(self, train: SegmentedImageDataset) -> None:
+        """``mask_noise`` on a cached set: say how many training masks it emptied (e.g. erode:K on thin AOIs)."""
+        if not self.mask_noise or train.cache is None:
+            return
+        emptied = [s for s, (_, m) in zip(train.samples, train.cache) if s.mask is not None and not m.any()]
+        if emptied:
+            defective = sum(s.label for s in emptied)
+            info(f"warning: data.mask_noise={self.mask_noise} left {len(emptied)} training mask(s) empty "
+                 f"({defective} defective; they add no mask term): {', '.join(str(s.image) for s in emptied[:3])}")
 
     def annotate(self, samples: list, missing: int) -> list:
         """``samples`` after ``mask_fraction`` (training split); a DataError when no defective training image

@@ -21,7 +21,7 @@ An image without a mask trains with an all-zero mask: every loss reads that as "
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -156,6 +156,8 @@ class MaskNoise:
     spec: str
     n: int
     seed: int = 0
+    ops: tuple = field(init=False, repr=False)  # ((kind, argument), …)
+    params: list = field(init=False, repr=False)  # per op, per mask: its random choice (or None)
 
     def __post_init__(self) -> None:
         ops, params = parse_noise(self.spec), []
