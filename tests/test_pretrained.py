@@ -261,3 +261,25 @@ def test_cli_pretrained_transfer_run(run_cli, tmp_path):
                 "hydra.run.dir=out", env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "AUROC" in r.stdout and "pretrained weights from" in (tmp_path / "out" / "train.log").read_text()
+
+
+def test_paper_pretrained_sweep_is_the_papers_grid_on_lite0(make_cfg):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from ceod.schema import validate
+    from conftest import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        hydra_cfg = compose(config_name="train", overrides=["+sweep=paper_pretrained"], return_hydra_config=True).hydra
+    assert hydra_cfg.mode == RunMode.MULTIRUN
+    grid = {k: str(v).split(",") for k, v in hydra_cfg.sweeper.params.items()}
+    assert grid == {"+sweep/paper_model": ["efficientnet_lite0"], "finetune": ["transfer", "last_n"],
+                    "loss.omega": ["0", "1e-4", "1e-3", "1e-2", "1e-1"], "seed": ["0", "1", "2"]}
+    cfg = make_cfg("+sweep=paper_pretrained", "+sweep/paper_model=efficientnet_lite0", "finetune=last_n",
+                   "loss.omega=1e-2")
+    assert (cfg.model.name, cfg.model.pretrained, cfg.model.weights, cfg.data.mean) == (LITE0, True, None, None)
+    assert cfg.finetune.n == 20 and cfg.loss.omega == 0.01 and cfg.task_name == "paper_pretrained"
+    validate(cfg)
