@@ -2,6 +2,8 @@
 
     python experiments/bench_step.py                       # custom CNN 128 px + EfficientNet-B0 224 px, batch 32
     python experiments/bench_step.py --models custom_cnn --reps 15
+    python experiments/bench_step.py --models tf_efficientnet_lite0 --size 128 --finetune transfer last_n full \
+        --variants ce ceod --threads 1                     # the pretrained Lite0's regimes
 
 A step is forward → loss → backward → Adamax step, on random images with a random AOI band.
 Variants run interleaved (CE, CEOD, CE, CEOD, …) so machine noise hits both alike; ratios are
@@ -13,7 +15,8 @@ Variants: ``ce_plain`` (F.cross_entropy alone), ``ce`` (ceod's CE: ω = 0, the O
 without a graph for the train/od log), ``ceod_paper`` and ``ceod`` (``conf/loss/ceod_paper.yaml`` and
 ``conf/loss/ceod.yaml``, the recommended setting; analytic CAM when the head is GAP→linear, else autograd with
 create_graph), ``ceod_cam_res`` (``ceod`` with the overlap at the CAM's resolution) and ``ceod_autograd``
-(``ceod`` with the autograd Grad-CAM forced, second-order graph).
+(``ceod`` with the autograd Grad-CAM forced, second-order graph). ``--finetune`` freezes the timm model as
+``finetune=transfer|last_n`` would (n = 20; the optimizer gets the trainable parameters only), one table each.
 """
 
 from __future__ import annotations
@@ -69,14 +72,19 @@ class SavedBytes:
         return t
 
 
-def build(name: str, channels: int) -> nn.Module:
+def build(name: str, channels: int, regime: str = "full") -> nn.Module:
+    """The model, frozen per ``regime`` (random weights: timing does not depend on their values)."""
+    from ceod.models.finetune import apply_finetune
+
     if name == "custom_cnn":
         from ceod.models.custom_cnn import CustomCNN
 
-        return CustomCNN(in_chans=channels)
-    from ceod.models.timm_backbone import TimmClassifier  # issue: models
+        model = CustomCNN(in_chans=channels)
+    else:
+        from ceod.models.timm_backbone import TimmClassifier
 
-    return TimmClassifier(name=name, in_chans=channels, pretrained=False)
+        model = TimmClassifier(name=name, in_chans=channels, pretrained=False)
+    return apply_finetune(model, regime, n=20, verbose=False)
 
 
 def step(model, opt, loss_fn, x, mask, y, head_weight, device, dtype=None) -> tuple[float, int]:
@@ -104,10 +112,10 @@ def step(model, opt, loss_fn, x, mask, y, head_weight, device, dtype=None) -> tu
 
 
 def bench(model_name: str, size: int, batch: int, reps: int, warmup: int, device: torch.device,
-          dtype: torch.dtype | None = None) -> None:
+          dtype: torch.dtype | None = None, regime: str = "full", only: list[str] | None = None) -> None:
     torch.manual_seed(0)
     channels = 1 if model_name == "custom_cnn" else 3
-    model = build(model_name, channels).to(device).train()
+    model = build(model_name, channels, regime).to(device).train()
     opt = torch.optim.Adamax([p for p in model.parameters() if p.requires_grad], lr=0.002)
     x = torch.rand(batch, channels, size, size, device=device)
     mask = torch.zeros(batch, size, size, device=device)
@@ -122,6 +130,7 @@ def bench(model_name: str, size: int, batch: int, reps: int, warmup: int, device
         "ceod_cam_res": (loss_from_yaml("ceod", resolution="cam"), analytic),
         "ceod_autograd": (loss_from_yaml("ceod"), None),
     }
+    variants = {k: v for k, v in variants.items() if k == "ce_plain" or not only or k in only}
     times = {k: [] for k in variants}
     mems = {k: [] for k in variants}
     for r in range(warmup + reps):
@@ -134,7 +143,7 @@ def bench(model_name: str, size: int, batch: int, reps: int, warmup: int, device
     med = {k: statistics.median(v) for k, v in times.items()}
     mem = {k: max(v) for k, v in mems.items()}
     head = "analytic" if analytic is not None else "autograd"
-    print(f"\n{model_name} {size}px batch {batch} on {device.type} ({dtype or 'fp32'} autocast), median of {reps} (after {warmup} warm-up), "
+    print(f"\n{model_name} ({regime}) {size}px batch {batch} on {device.type} ({dtype or 'fp32'} autocast), median of {reps} (after {warmup} warm-up), "
           f"CAM path for 'ceod': {head}")
     print("| variant | step time (ms) | time / ce_plain | memory (MiB) | memory / ce_plain |")
     print(f"|---|---|---|---|---|")
@@ -153,14 +162,18 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", choices=["none", "fp16", "bf16"], default="none", help="autocast forward + loss")
+    p.add_argument("--finetune", nargs="+", default=["full"], choices=["full", "last_n", "transfer"],
+                   help="training regimes to time (timm models; last_n with n = 20)")
+    p.add_argument("--variants", nargs="+", default=None, help="loss variants to time besides ce_plain (default: all)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     for name in a.models:
         size = a.size or (128 if name == "custom_cnn" else 224)
-        bench(name, size, a.batch, a.reps, a.warmup, torch.device(a.device),
-              {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[a.amp])
+        for regime in a.finetune:
+            bench(name, size, a.batch, a.reps, a.warmup, torch.device(a.device),
+                  {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[a.amp], regime, a.variants)
 
 
 if __name__ == "__main__":
