@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ceod.cam import grad_cam
+from ceod.reliance import consistency, fill_outside
 
 if TYPE_CHECKING:
     from ceod.loss import CEODOptions, CEODOutput
@@ -62,6 +63,22 @@ class AttributionLoss(nn.Module):
         """Training images B×C×H×W as the network should see them (unchanged here)."""
         return images
 
+    def counterfactuals(self, images: Tensor, aoi_mask: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
+        """Training batch with ``outside_swap`` applied: (images, masks, targets, pairs). Each image's outside
+        is replaced (another image's of the batch, a random partner, for ``swap``) in a share ``swap_p``; with
+        ``consistency`` > 0 the composites are appended instead (2B images, pairs = B: image i and i + B).
+        Off (``none``) or without grad: the batch as given, pairs = 0."""
+        o = self.opts
+        if o.outside_swap == "none" or not torch.is_grad_enabled():
+            return images, aoi_mask, target, 0
+        n = images.shape[0]
+        partner = torch.randperm(n, device=images.device)
+        comp = fill_outside(images, aoi_mask, o.outside_swap, partner)
+        if o.consistency > 0:
+            return torch.cat([images, comp]), torch.cat([aoi_mask, aoi_mask]), torch.cat([target, target]), n
+        chosen = (torch.rand(n, device=images.device) < o.swap_p)[:, None, None, None]
+        return torch.where(chosen, comp, images), aoi_mask, target, 0
+
     def heat(self, logits: Tensor, features: Tensor, head_weight: Tensor | None, size: tuple[int, int] | None,
              differentiable: bool) -> Tensor:
         """Defect-class heat map B×h×w (``size`` None: the CAM's own resolution) or B×H×W; with
@@ -77,9 +94,11 @@ class AttributionLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor, aoi_mask: Tensor, features: Tensor | None = None,
                 heat: Tensor | None = None, head_weight: Tensor | None = None, images: Tensor | None = None,
-                step: int | None = None) -> CEODOutput:
+                step: int | None = None, pairs: int = 0) -> CEODOutput:
         """logits B×C, target B, aoi_mask B×H×W; ``features`` (B×K×h×w, part of the graph of ``logits``)
-        or a precomputed ``heat``; ``images`` the (prepared) inputs, for input-gradient losses."""
+        or a precomputed ``heat``; ``images`` the (prepared) inputs, for input-gradient losses; ``pairs``
+        (from :meth:`counterfactuals`): the first ``pairs`` images and the next ``pairs`` are image ↔ composite,
+        and ``consistency`` · their mean symmetric KL is added."""
         if heat is None:
             if features is None:
                 raise ValueError(f"{type(self).__name__} needs the CAM layer's features or a precomputed heat map")
@@ -88,7 +107,11 @@ class AttributionLoss(nn.Module):
             heat = self.heat(logits, features, head_weight, size, self.uses_cam and torch.is_grad_enabled())
         if heat.shape != aoi_mask.shape:  # a CAM-resolution heat: compare with the area-downsampled mask
             aoi_mask = area_downsample(aoi_mask.to(heat.dtype), tuple(heat.shape[-2:]))
-        return self.penalty(logits, target, heat, aoi_mask, images, step)
+        out = self.penalty(logits, target, heat, aoi_mask, images, step)
+        if pairs:
+            out.consistency = consistency(logits[:pairs], logits[pairs:2 * pairs]).mean()
+            out.total = out.total + self.opts.consistency * out.consistency
+        return out
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in asdict(self.opts).items())

@@ -31,6 +31,7 @@ from torch import Tensor
 from ceod.attribution import AttributionLoss
 from ceod.cam import HEAT_SIGNS
 from ceod.errors import ConfigError
+from ceod.reliance import FILLS
 
 FILTER_NORMALIZE = ("none", "clip", "sum")
 THRESHOLD_MODES = ("hard", "soft")
@@ -137,11 +138,17 @@ class CEODOptions:
     heat_sign: str = "relu"  # relu | abs
     resolution: str = "image"  # image | cam
     omega_warmup_steps: int = 0
+    # counterfactual training (ceod.reliance): each training image's outside replaced by another image's
+    # (swap) or by noise/blur; with consistency > 0 the composites are added to the batch and the symmetric
+    # KL between the prediction on an image and on its composite is penalised with this weight
+    outside_swap: str = "none"  # none | swap | blur | noise
+    swap_p: float = 1.0  # share of the images replaced by their composite (consistency = 0)
+    consistency: float = 0.0
 
     def __post_init__(self) -> None:
         for key, allowed in (("variant", OD_VARIANTS), ("threshold", THRESHOLD_MODES), ("cam_score", CAM_SCORES),
                              ("filter_normalize", FILTER_NORMALIZE), ("heat_sign", HEAT_SIGNS),
-                             ("resolution", RESOLUTIONS)):
+                             ("resolution", RESOLUTIONS), ("outside_swap", ("none", *FILLS))):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"loss.{key} must be one of {allowed}, got {getattr(self, key)!r}")
         checks = (
@@ -150,6 +157,7 @@ class CEODOptions:
             ("kernel_size", self.kernel_size >= 1 and self.kernel_size % 2 == 1, "a positive odd number"),
             ("kernel_value", self.kernel_value > 0, "> 0"), ("defect_class", self.defect_class in (0, 1), "0 or 1"),
             ("omega_warmup_steps", self.omega_warmup_steps >= 0, "≥ 0"),
+            ("swap_p", 0.0 <= self.swap_p <= 1.0, "in [0, 1]"), ("consistency", self.consistency >= 0, "≥ 0"),
         )
         for key, ok, what in checks:
             if not ok:
@@ -184,6 +192,7 @@ class CEODOutput:
     overlap: Tensor  # B: per-image overlap coefficient (0 where undefined)
     contributes: Tensor  # B bool: images whose OD enters the loss
     active: Tensor  # scalar: share of contributing images whose OD has a gradient (not clipped)
+    consistency: Tensor | None = None  # scalar: mean symmetric KL image ↔ composite (loss.consistency > 0)
 
 
 def ceod_loss(logits: Tensor, target: Tensor, heat: Tensor, aoi_mask: Tensor, options: CEODOptions | None = None,

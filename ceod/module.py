@@ -22,6 +22,7 @@ from ceod.batchnorm import recompute_batchnorm_stats
 from ceod.errors import CeodError, ConfigError
 from ceod.attribution import AttributionLoss
 from ceod.metrics import AOIEnergy, PointingGame, youden_threshold
+from ceod.reliance import FILLS, fill_outside, reliance, valid_for
 
 
 def _plain(config: Mapping) -> dict:
@@ -36,7 +37,7 @@ class CEODModule(L.LightningModule):
 
     def __init__(self, model: nn.Module | Mapping, loss: AttributionLoss | Mapping,
                  optimizer: Callable[..., torch.optim.Optimizer] | Mapping, finetune: Callable | Mapping | None = None,
-                 bn_recalibration: bool = True) -> None:
+                 bn_recalibration: bool = True, reliance: tuple[str, ...] | list[str] = ("swap", "blur")) -> None:
         """Each part is an object or its Hydra config (``_target_``; the optimizer ``_partial_``, called
         with ``params``; ``finetune`` ``_partial_``, called with the network). Configs are built here and
         recorded by ``save_hyperparameters``, so a checkpoint names its network, regime, loss and
@@ -45,7 +46,12 @@ class CEODModule(L.LightningModule):
         super().__init__()
         parts = {"model": model, "loss": loss, "optimizer": optimizer, "finetune": finetune}
         configs = {k: _plain(v) for k, v in parts.items() if isinstance(v, Mapping)}
-        self.save_hyperparameters({**configs, "bn_recalibration": bn_recalibration}, logger=False)
+        bad = [f for f in reliance if f not in FILLS]
+        if bad:
+            raise ConfigError(f"module.reliance: unknown fill {bad[0]!r}; choose from {FILLS}")
+        self.reliance_fills = tuple(reliance)
+        self.save_hyperparameters({**configs, "bn_recalibration": bn_recalibration,
+                                   "reliance": list(self.reliance_fills)}, logger=False)
         model, loss, self.optimizer_factory, finetune = (self._build(k, v) for k, v in parts.items())
         self.model = finetune(model) if finetune is not None else model
         self.loss = loss
@@ -84,19 +90,23 @@ class CEODModule(L.LightningModule):
             setattr(self, f"{stage}_metrics", MetricCollection(
                 {"auroc": BinaryAUROC(), "aoi_energy": AOIEnergy(defect_class),
                  "pointing_game": PointingGame(defect_class)}, prefix=f"{stage}/"))
-            setattr(self, f"{stage}_scores", MetricCollection({"prob": CatMetric(), "target": CatMetric()}))
+            kept = {f"{k}_{f}": CatMetric() for f in self.reliance_fills for k in ("prob", "valid")}
+            setattr(self, f"{stage}_scores", MetricCollection({"prob": CatMetric(), "target": CatMetric(), **kept}))
         self.threshold = 0.5  # on P(defect); chosen on validation (Youden's J), saved in checkpoints
         self.confusion: dict[str, Tensor] = {}
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        mask, y = batch["mask"], batch["label"]
-        x = self.loss.prepare_inputs(batch["image"], mask, y)
+        n = batch["label"].shape[0]
+        x, mask, y, pairs = self.loss.counterfactuals(batch["image"], batch["mask"], batch["label"])
+        x = self.loss.prepare_inputs(x, mask, y)
         logits, feats = self.model(x)
         out = self.loss(logits, y, mask, features=feats, head_weight=self._head_weight, images=x,
-                        step=self.global_step)
-        n, k = y.shape[0], int(out.contributes.sum())
+                        step=self.global_step, pairs=pairs)
+        k = int(out.contributes.sum())
         self.log("train/loss", out.total, prog_bar=True, on_step=True, on_epoch=True, batch_size=n, sync_dist=True)
         self.log("train/ce", out.ce, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        if out.consistency is not None:
+            self.log("train/consistency", out.consistency, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         if k:  # averaged over the images that contribute an OD (defective, valid AOI) only; per rank under DDP
             # (no sync: a rank whose shard has no defective image in an epoch would never join the reduction)
             self.log("train/od", out.od, on_step=False, on_epoch=True, batch_size=k)
@@ -129,21 +139,46 @@ class CEODModule(L.LightningModule):
         scores: MetricCollection = getattr(self, f"{stage}_scores")
         scores["prob"].update(prob)
         scores["target"].update(target.float())
+        if self.reliance_fills:
+            self._update_reliance(scores, x, mask)
+
+    def _update_reliance(self, scores: MetricCollection, x: Tensor, mask: Tensor) -> None:
+        """P(defect) on each fill's composite of ``x`` (B×C×H×W; the outside of ``mask`` B×H×W replaced)."""
+        with torch.no_grad():
+            composites = torch.cat([fill_outside(x, mask, f) for f in self.reliance_fills])
+            probs = self.model(composites)[0].float().softmax(dim=1)[:, self.defect_class].split(x.shape[0])
+        for fill, p in zip(self.reliance_fills, probs):
+            scores[f"prob_{fill}"].update(p)
+            scores[f"valid_{fill}"].update(valid_for(mask, fill).float())
+
+    def _log_reliance(self, stage: str, prob: Tensor, kept: dict[str, Tensor], auroc: Tensor | None) -> None:
+        """``outside_reliance`` (mean |ΔP|) and ``outside_flip`` per fill (suffix ``_<fill>`` but for swap)."""
+        for fill in self.reliance_fills:
+            delta, flip = reliance(prob, kept[f"prob_{fill}"], kept[f"valid_{fill}"].bool(), self.threshold)
+            suffix = "" if fill == "swap" else f"_{fill}"
+            self.log(f"{stage}/outside_reliance{suffix}", delta, sync_dist=True)
+            self.log(f"{stage}/outside_flip{suffix}", flip, sync_dist=True)
+            if fill == "swap" and auroc is not None:  # a selection score that does not reward the shortcut alone
+                self.log(f"{stage}/auroc_minus_reliance", auroc - delta, sync_dist=True)
 
     def _eval_epoch_end(self, stage: str) -> None:
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
         # Every value below is computed from states torchmetrics has already gathered from all processes,
         # so it is the same on every rank; sync_dist=True only averages equal numbers (and tells Lightning so).
-        self.log_dict(metrics.compute(), sync_dist=True)
+        computed = metrics.compute()
+        self.log_dict(computed, sync_dist=True)
         metrics.reset()
         scores: MetricCollection = getattr(self, f"{stage}_scores")
-        prob, target = (scores[k].compute().reshape(-1) for k in ("prob", "target"))
+        values = {k: m.compute().reshape(-1) for k, m in scores.items(keep_base=True)}
+        prob, target = values.pop("prob"), values.pop("target")
         scores.reset()
         target = target.long()
         if stage == "val" and not self.trainer.sanity_checking:
             self.threshold = youden_threshold(prob, target)
         t = self.threshold
         self.log(f"{stage}/threshold", t, sync_dist=True)
+        if self.reliance_fills:
+            self._log_reliance(stage, prob, values, computed.get(f"{stage}/auroc"))
         for name, fn in (("acc", binary_accuracy), ("f1", binary_f1_score)):
             self.log(f"{stage}/{name}", fn(prob, target, threshold=t), sync_dist=True)
             self.log(f"{stage}/{name}@0.5", fn(prob, target, threshold=0.5), sync_dist=True)

@@ -34,6 +34,12 @@ BENCHMARKS: dict[str, list[str]] = {
     "digits_decoy": ["data=decoy_digits"],
     "digits_control": ["data=decoy_digits_control"],
 }
+ZOO = ("ring", "bar", "stripes", "beside", "position", "shade")  # ceod.data.decoys.KINDS (issue 16's zoo)
+for _k in ZOO:
+    for _c, _name in (("", "decoy"), ("_control", "control")):
+        BENCHMARKS[f"digits_{_k}_{_name}"] = ["data=decoy_digits", f"data.variant=decoy_digits_{_k}{_c}"]
+        BENCHMARKS[f"synthetic_{_k}_{_name}"] = [*BENCHMARKS["synthetic_decoy"],
+                                                  f"data.variant=synthetic_zipper_decoy_{_k}{_c}"]
 METHODS: dict[str, list[str]] = {
     "ce": ["loss=ce"],
     "ceod_paper": ["loss=ceod_paper"],
@@ -43,12 +49,17 @@ METHODS: dict[str, list[str]] = {
     "rrr": ["loss=rrr"],
     "energy": ["loss=energy"],
     "bg_random": ["loss=bg_random"],
+    "swap": ["loss=ce", "loss.outside_swap=swap"],  # counterfactual training images (issue 16)
+    "swap_kl": ["loss=ce", "loss.outside_swap=swap", "loss.consistency=1.0"],
+    "ceod_swap": ["loss=ceod", "loss.outside_swap=swap"],
+    "ceod_swap_kl": ["loss=ceod", "loss.outside_swap=swap", "loss.consistency=1.0"],
 }
 COMMON = ["logger=none", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
           f"trainer.max_epochs={EPOCHS}", f"trainer.check_val_every_n_epoch={EPOCHS}",  # validate the last epoch only
           "callbacks.model_checkpoint.monitor=null", "callbacks.figures=null"]
 KEYS = ("test/auroc", "test/aoi_energy", "test/pointing_game", "test/acc", "test/acc@0.5", "val/auroc",
-        "test/threshold")
+        "test/threshold", "test/outside_reliance", "test/outside_flip", "test/outside_reliance_blur",
+        "test/outside_flip_blur", "val/outside_reliance", "val/aoi_energy")
 
 
 def commit() -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ceod.data import decoys
 from ceod.data.generated import preset, seeded_split, write_generated
 from ceod.errors import CeodError
 
@@ -44,6 +45,7 @@ class DigitsConfig:
     decoy_p: float | None = 1.0
     decoy_size: int = 6
     decoy_contrast: float = 0.3
+    decoy_kind: str = "square"  # the shipped corner square, or a kind of ceod.data.decoys (the zoo)
     noise: float = 0.03
 
     def __post_init__(self) -> None:
@@ -58,11 +60,16 @@ class DigitsConfig:
             raise CeodError(f"split must be three non-negative fractions summing to 1, got {self.split}")
         if self.decoy_p is not None and not 0.0 <= self.decoy_p <= 1.0:
             raise CeodError(f"decoy_p must lie in [0, 1] or be null, got {self.decoy_p}")
+        if self.decoy_kind not in ("square", *decoys.KINDS):
+            raise CeodError(f"decoy_kind must be 'square' or one of {decoys.KINDS}, got {self.decoy_kind!r}")
 
 
 VARIANTS: dict[str, DigitsConfig] = {
     "decoy_digits": DigitsConfig(decoy_p=1.0),  # train-only shortcut
     "decoy_digits_control": DigitsConfig(decoy_p=0.5),  # same images, decoy independent of the label
+    # the zoo: decoy_digits_<kind> and its control decoy_digits_<kind>_control for each kind of ceod.data.decoys
+    **{f"decoy_digits_{k}{c}": DigitsConfig(decoy_p=p, decoy_kind=k) for k in decoys.KINDS
+       for c, p in (("", 1.0), ("_control", 0.5))},
 }
 
 
@@ -103,7 +110,10 @@ def make_sample(cfg: DigitsConfig, scan: np.ndarray, index: int, label: int, spl
     aoi = np.zeros((size, size), dtype=bool)
     aoi[y0:y0 + d, x0:x0 + d] = True
     decoy = None
-    if cfg.decoy_p is not None:
+    if cfg.decoy_p is not None and cfg.decoy_kind != "square":
+        code = decoys.decoy_code(rng, label, split, cfg.decoy_p)
+        decoy = decoys.draw(img, aoi, cfg.decoy_kind, code, rng, size / 64, cfg.decoy_contrast)
+    elif cfg.decoy_p is not None:
         p_bright = 0.5 if split == "test" else (cfg.decoy_p if label == 1 else 1.0 - cfg.decoy_p)
         bright = bool(rng.uniform() < p_bright)
         cx, cy = (2, size - 2 - cfg.decoy_size)[rng.integers(2)], (2, size - 2 - cfg.decoy_size)[rng.integers(2)]

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ceod.data import decoys
 from ceod.data.generated import preset, seeded_split, write_generated
 from ceod.errors import CeodError
 
@@ -51,6 +52,7 @@ class SyntheticConfig:
     p_fabric_defect: float = 0.5
     decoy_p: float | None = None
     decoy_contrast: float = 0.35
+    decoy_kind: str = "fixture"  # the shipped fixture ring (present ⇔ code +1), or a kind of ceod.data.decoys
     noise: float = 0.04
     band_width: tuple[float, float] = (0.14, 0.24)  # fraction of the image width
     band_tilt_deg: float = 15.0
@@ -67,6 +69,8 @@ class SyntheticConfig:
             raise CeodError(f"contrast must lie in (0, 1], got {self.contrast}")
         if self.decoy_p is not None and not 0.0 <= self.decoy_p <= 1.0:
             raise CeodError(f"decoy_p must lie in [0, 1] or be null, got {self.decoy_p}")
+        if self.decoy_kind not in ("fixture", *decoys.KINDS):
+            raise CeodError(f"decoy_kind must be 'fixture' or one of {decoys.KINDS}, got {self.decoy_kind!r}")
 
 
 VARIANTS: dict[str, SyntheticConfig] = {
@@ -76,6 +80,9 @@ VARIANTS: dict[str, SyntheticConfig] = {
     "synthetic_zipper_decoy": SyntheticConfig(contrast=0.13, decoy_p=1.0),
     # control for the above: same data, decoy independent of the label everywhere
     "synthetic_zipper_decoy_control": SyntheticConfig(contrast=0.13, decoy_p=0.5),
+    # the zoo: synthetic_zipper_decoy_<kind> (+ _control) for each kind of ceod.data.decoys
+    **{f"synthetic_zipper_decoy_{k}{c}": SyntheticConfig(contrast=0.13, decoy_p=p, decoy_kind=k)
+       for k in decoys.KINDS for c, p in (("", 1.0), ("_control", 0.5))},
 }
 
 
@@ -203,8 +210,7 @@ def _render(rng, cfg: SyntheticConfig, band: dict, marks: list[dict], decoy: dic
         r = np.hypot(xx - decoy["cx"], yy - decoy["cy"])
         ring = np.clip(1.5 - np.abs(r - decoy["r"]) , 0, 1)
         img = img + decoy["contrast"] * ring
-    img += rng.normal(0.0, cfg.noise, img.shape)
-    return np.clip(img, 0.0, 1.0)
+    return img
 
 
 def _place_decoy(rng, aoi: np.ndarray, cfg: SyntheticConfig) -> dict:
@@ -239,13 +245,18 @@ def make_sample(cfg: SyntheticConfig, index: int, label: int, split: str) -> tup
         marks += _place_marks(rng, int(rng.integers(1, 4)), aoi, False, cfg, taken)
     if label == 1 and not any(mark_footprint(m, size)[aoi].any() for m in marks):
         raise RuntimeError(f"could not place a defect inside the AOI of image {index}")  # pragma: no cover
-    decoy = None
-    if cfg.decoy_p is not None:
+    decoy, zoo = None, cfg.decoy_p is not None and cfg.decoy_kind != "fixture"
+    if zoo:
+        code = decoys.decoy_code(rng, label, split, cfg.decoy_p)
+    elif cfg.decoy_p is not None:
         p = 0.5 if split == "test" else (cfg.decoy_p if label == 1 else 1.0 - cfg.decoy_p)
         if rng.uniform() < p:
             decoy = _place_decoy(rng, aoi, cfg)
     img = _render(rng, cfg, band, marks, decoy)
-    return img, aoi, {"band": band, "marks": marks, "decoy": decoy}
+    if zoo:
+        decoy = decoys.draw(img, aoi, cfg.decoy_kind, code, rng, size / 64, cfg.decoy_contrast)
+    img += rng.normal(0.0, cfg.noise, img.shape)
+    return np.clip(img, 0.0, 1.0), aoi, {"band": band, "marks": marks, "decoy": decoy}
 
 
 def generate(out: str | Path, cfg: SyntheticConfig | None = None, overwrite: bool = False, **overrides) -> Path:
