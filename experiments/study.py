@@ -53,6 +53,11 @@ METHODS: dict[str, list[str]] = {
     "swap_kl": ["loss=ce", "loss.outside_swap=swap", "loss.consistency=1.0"],
     "ceod_swap": ["loss=ceod", "loss.outside_swap=swap"],
     "ceod_swap_kl": ["loss=ceod", "loss.outside_swap=swap", "loss.consistency=1.0"],
+    # model selection without a clean validation set (issue 16 item 4): validate every epoch, test the epoch
+    # with the best val AUROC - val outside reliance (instead of the last one)
+    **{f"{m}_sel": [*o, "trainer.check_val_every_n_epoch=1", "callbacks.model_checkpoint.monitor=val/auroc_minus_reliance",
+                    "callbacks.model_checkpoint.mode=max"] for m, o in (("ce", ["loss=ce"]), ("ceod", ["loss=ceod"]))},
+    "ce_valbest": ["loss=ce", "trainer.check_val_every_n_epoch=1", "callbacks.model_checkpoint.monitor=val/auroc"],
 }
 COMMON = ["logger=none", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
           f"trainer.max_epochs={EPOCHS}", f"trainer.check_val_every_n_epoch={EPOCHS}",  # validate the last epoch only
@@ -81,7 +86,7 @@ def run_cell(bench: str, method: str, seed: int, extra: list[str], data_dir: Pat
     import ceod.train  # noqa: F401  (resolvers)
     from ceod.train import train
 
-    overrides = [*BENCHMARKS[bench], *METHODS[method], f"seed={seed}", *COMMON, *extra]
+    overrides = [*BENCHMARKS[bench], f"seed={seed}", *COMMON, *METHODS[method], *extra]  # a method may change COMMON
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
