@@ -14,9 +14,10 @@ DECOYS="$DECOYS $(for k in bar stripes beside shade; do echo -n "synthetic_${k}_
 CONTROLS="digits_control synthetic_control digits_beside_control digits_shade_control synthetic_beside_control synthetic_shade_control"
 for seed in 0 1 2; do
   $PY experiments/study.py run $W --seeds $seed --benchmarks $DECOYS --methods ce ceod swap ceod_swap
-  $PY experiments/study.py run $W --seeds $seed --benchmarks $CONTROLS --methods ce ceod swap ceod_swap
+  $PY experiments/study.py run $W --seeds $seed --benchmarks $CONTROLS --methods ce swap ceod_swap
 done
-# baselines on the zoo, then model selection by validation reliance
+$PY experiments/study.py run $W --seeds 0 1 2 --benchmarks digits_beside_decoy synthetic_beside_decoy --methods ce_sel ceod_sel ce_valbest
+# baselines on the zoo, then CEOD on the zoo controls
 $PY experiments/study.py run $W --seeds 0 1 2 --benchmarks $DECOYS --methods bg_random
-$PY experiments/study.py run $W --seeds 0 1 2 --benchmarks digits_decoy digits_beside_decoy synthetic_decoy synthetic_beside_decoy --methods ce_sel ceod_sel ce_valbest
+$PY experiments/study.py run $W --seeds 0 1 2 --benchmarks $CONTROLS --methods ceod
 $PY experiments/study.py run $W --seeds 0 --benchmarks $DECOYS --methods rrr energy swap_kl
