@@ -3,11 +3,13 @@
 Rows are written as they are logged (``flush_logs_every_n_steps=1``), so a kill loses none. On resume from
 a checkpoint of epoch ``e`` the rows of epochs ≤ ``e`` are kept and the rows of the interrupted epoch
 (> ``e``, which the resumed run trains again) are dropped: the file then reads like an uninterrupted run's.
+A row torn by a kill mid-append is dropped too, and that rewrite is atomic; a full disk is one line.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from typing import Any
 
@@ -15,9 +17,33 @@ from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from ceod.checkpoint_io import StorageError, write_atomically
+from ceod.faults import RESUME_HINT
+
+
+def _complete_rows(path: str, keep_through: int) -> tuple[list[str], list[dict]]:
+    """(columns, rows of epochs ≤ ``keep_through``) of ``metrics.csv``, without a row torn by a kill mid-append
+    (a last line with no newline) and without rows whose epoch does not parse."""
+    with open(path, newline="") as f:
+        text = f.read()
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    keys, rows = list(reader.fieldnames or []), []
+    for r in reader:
+        if None in r or None in r.values():  # a field too many or too few
+            continue
+        try:
+            if not r.get("epoch") or float(r["epoch"]) <= keep_through:
+                rows.append(r)
+        except ValueError:
+            continue
+    return keys, rows
+
 
 class _AppendingWriter(ExperimentWriter):
-    """ExperimentWriter that keeps the rows of epochs ≤ ``keep_through`` (None: a fresh file)."""
+    """ExperimentWriter that keeps the rows of epochs ≤ ``keep_through`` (None: a fresh file); a failed write
+    is a StorageError naming ``metrics.csv``."""
 
     def __init__(self, log_dir: str, keep_through: int | None) -> None:
         self.keep_through = keep_through
@@ -30,17 +56,23 @@ class _AppendingWriter(ExperimentWriter):
         if self.keep_through is None:
             os.remove(path)
             return
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            keys = list(reader.fieldnames or [])
-            rows = [r for r in reader if not r.get("epoch") or float(r["epoch"]) <= self.keep_through]
-        tmp = path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
+        keys, rows = _complete_rows(path, self.keep_through)
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+        data = buffer.getvalue().encode()
+        try:
+            write_atomically(path, lambda f: f.write(data))
+        except OSError as e:
+            raise StorageError("metrics (rows of the finished epochs)", path, e) from e
         self.metrics_keys = keys
+
+    def save(self) -> None:
+        try:
+            super().save()
+        except OSError as e:
+            raise StorageError("a metrics row", self.metrics_file_path, e, RESUME_HINT) from e
 
 
 class CSVLogger(_LightningCSVLogger):

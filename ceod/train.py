@@ -3,7 +3,9 @@
 Check the config and the run folder (schema, resume rule), build data, module, loggers, callbacks and
 trainer from the Hydra config; fit; test the best checkpoint; print the result table. Outputs go to the
 Hydra run dir (``outputs/<task_name>/<run id>/``): checkpoints/ (best + last), csv/metrics.csv, tensorboard/,
-config.yaml, train.log, and FAILED when the run raised. User errors become one ``error:`` line (exit 2).
+config.yaml, train.log, and FAILED when the run raised. User errors — and a full disk, a lost permission, a
+vanished file (:mod:`ceod.faults`) — become one ``error:`` line (exit 2); SIGTERM stops after the current batch
+and exits 143, resumable. Checkpoints and config.yaml are written atomically (:mod:`ceod.checkpoint_io`).
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from pathlib import Path
 import hydra
 from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from ceod.checkpoint_io import StorageError, remove_stale_temporaries, write_atomically
 from ceod.data.generated import generator_tag
 from ceod.errors import CeodError, ConfigError
+from ceod.faults import SIGTERM_EXIT, Preemption, environment_error, worker_message
 from ceod.log import echo, info, log_to_file
-from ceod.run import RunState, config_record, failure_marker, resume_checkpoint, run_id
+from ceod.run import RunState, config_record, failure_marker, is_rank_zero, resume_checkpoint, run_id
 from ceod.schema import validate
 
 __all__ = ["train", "run", "one_line", "cli", "run_id"]
@@ -71,7 +76,9 @@ def _start(cfg: DictConfig) -> tuple[Path, dict, str | None, dict | None]:
     validate(cfg)
     out_dir = _run_folder(cfg)
     record = config_record(cfg, out_dir)
-    ckpt_path, ckpt = resume_checkpoint(cfg, out_dir, record)
+    if is_rank_zero() and (out_dir / "checkpoints").is_dir():
+        remove_stale_temporaries(out_dir / "checkpoints")  # left by a writer killed mid-save
+    ckpt_path, ckpt = resume_checkpoint(cfg, out_dir, record, note=info)
     if not cfg.get("train", True) and cfg.get("test", True) and ckpt_path is None:
         raise ConfigError("train=false tests a trained model: set ckpt_path=/path/to/checkpoint.ckpt")
     if ckpt is not None and cfg.get("train", True):
@@ -90,7 +97,7 @@ def _loggers_and_callbacks(cfg: DictConfig, record: dict, resumed: dict | None) 
             lg.resume_after(int(resumed.get("epoch", -1)))
     callbacks = [instantiate_at(cfg, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items()
                  if c is not None]
-    return loggers, callbacks + [RunState(cfg.seed, record)]
+    return loggers, callbacks + [RunState(cfg.seed, record), Preemption()]
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -103,7 +110,8 @@ def format_results(metrics: dict[str, float], confusion=None, stage: str = "test
     """The result table printed at the end of a run."""
     rows = [("AUROC", "auroc"), ("threshold", "threshold"), ("accuracy", "acc"), ("F1", "f1"),
             ("accuracy @ 0.5", "acc@0.5"), ("F1 @ 0.5", "f1@0.5"), ("AOI energy", "aoi_energy"),
-            ("pointing game", "pointing_game"), ("loss", "loss"), ("OD", "od")]
+            ("pointing game", "pointing_game"), ("outside reliance", "outside_reliance"),
+            ("outside flips", "outside_flip"), ("reliance (blur)", "outside_reliance_blur"), ("loss", "loss"), ("OD", "od")]
     lines = [f"{stage} results", "-" * 28]
     for label, key in rows:
         value = metrics.get(f"{stage}/{key}")
@@ -139,8 +147,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = instantiate_at(cfg, "trainer", logger=loggers or False, callbacks=callbacks)
     try:
         if trainer.is_global_zero:
-            OmegaConf.save(cfg, out_dir / "config.yaml.tmp", resolve=True)
-            os.replace(out_dir / "config.yaml.tmp", out_dir / "config.yaml")  # never half-written
+            _save_config(cfg, out_dir / "config.yaml")
             for lg in loggers:
                 lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
@@ -170,6 +177,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return results
 
 
+def _save_config(cfg: DictConfig, path: Path) -> None:
+    """The resolved config, written atomically (never half-written); a failed write is a StorageError."""
+    text = OmegaConf.to_yaml(cfg, resolve=True).encode()
+    try:
+        write_atomically(path, lambda f: f.write(text))
+    except OSError as e:
+        raise StorageError("the resolved config", path, e) from e
+
+
 def _first(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0].strip() if text else type(e).__name__
@@ -186,7 +202,9 @@ def one_line(e: BaseException) -> str | None:
 
     wrapped, e = isinstance(e, InstantiationException), _unwrap(e)
     if isinstance(e, CeodError):
-        return str(e)
+        return worker_message(str(e))  # not a DataLoader worker's traceback
+    if environment_error(e) is not None:  # full disk, no permission, a vanished file
+        return environment_error(e)
     if wrapped and isinstance(e, (TypeError, ValueError)):
         return f"bad config arguments: {type(e).__name__}: {_first(e)}"
     if isinstance(e, MisconfigurationException):
@@ -219,6 +237,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     try:
         with failure_marker(out_dir, _describe):
             return train(cfg)
+    except SIGTERMException:  # Lightning stopped after the current batch; Preemption said where
+        raise SystemExit(SIGTERM_EXIT) from None
     except Exception as e:
         logging.getLogger("ceod.runlog").error(_describe(e))
         raise

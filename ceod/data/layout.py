@@ -93,7 +93,7 @@ def atomic_directory(out: Path, class_dirs: bool = True) -> Iterator[Path]:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path`` (shared
+    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it to ``path`` (shared
     permissions); on any error the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,11 +102,27 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(name)
     try:
         write(tmp)
+        _fsync(tmp)
         shared_permissions(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)  # the rename itself survives a crash
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to the disk; silently skipped where not supported."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def require_empty(out: Path, overwrite: bool = False, flag: str = "--overwrite") -> None:

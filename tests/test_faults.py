@@ -1,0 +1,387 @@
+"""Faults lose nothing (issue 19), by fault injection on real processes and real files.
+
+A full disk during a checkpoint write (a real tmpfs where one can be mounted, else ``OSError(ENOSPC)`` injected
+at ``open``), SIGKILL in the middle of a (slowed) checkpoint write, SIGTERM mid-epoch, a truncated or empty
+``last.ckpt``. After each: what is on disk (every ``*.ckpt`` complete, no temporary left behind, the right
+marker) and that the next run resumes from the last complete epoch and ends bitwise like an uninterrupted run
+(deterministic CPU). The injector (:data:`INJECTOR`) changes only the file layer or the timing, never ceod code.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import MICRO_OVERRIDES
+from omegaconf import open_dict
+
+from ceod.errors import ConfigError
+from ceod.train import train
+
+ARGS = ["data.generator={n_good:16,n_defect:16}", "data.image_size=32", "data.batch_size=4", "data.num_workers=0",
+        "trainer.accelerator=cpu", "trainer.deterministic=true", "trainer.enable_progress_bar=false",
+        "callbacks.figures=null", "logger.tensorboard=null", "trainer.max_epochs=2", "trainer.limit_train_batches=4",
+        "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]
+
+#: ``python INJECTOR <ceod.train args>``: ceod.train, with the faults the CEOD_FAULT_* variables ask for
+INJECTOR = '''
+import builtins, errno, os, runpy, sys, time
+match = os.environ.get("CEOD_FAULT_MATCH", "")        # files whose name contains this are faulted
+skip = int(os.environ.get("CEOD_FAULT_SKIP", "0"))     # ... after this many such opens for writing
+full_after = int(os.environ.get("CEOD_FAULT_ENOSPC_AFTER", "-1"))  # ENOSPC once this many bytes are written
+slow = float(os.environ.get("CEOD_FAULT_SLOW_WRITE", "0"))         # seconds per write() call
+step = float(os.environ.get("CEOD_FAULT_SLOW_STEP", "0"))          # seconds after each optimizer step
+opened = [0]
+real_open = builtins.open
+
+class Faulty:
+    def __init__(self, f, name):
+        self._f, self._name, self._n = f, name, 0
+    def write(self, data):
+        if slow:
+            time.sleep(slow)
+        if full_after >= 0 and self._n + len(data) > full_after:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._name)
+        self._n += len(data)
+        return self._f.write(data)
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        self._f.close()
+    def __getattr__(self, key):
+        return getattr(self._f, key)
+
+def faulty_open(file, mode="r", *args, **kwargs):
+    f = real_open(file, mode, *args, **kwargs)
+    if match and match in str(file) and any(c in mode for c in "wa"):
+        opened[0] += 1
+        if opened[0] > skip:
+            return Faulty(f, str(file))
+    return f
+
+builtins.open = faulty_open
+if step:
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    register_optimizer_step_post_hook(lambda *a: time.sleep(step))
+sys.argv = ["ceod.train", *sys.argv[1:]]
+runpy.run_module("ceod.train", run_name="__main__", alter_sys=True)
+'''
+
+
+class Lab:
+    """Runs ``ceod.train`` (through the injector) in one folder shared by the module's tests."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.injector = root / "inject.py"
+        self.injector.write_text(INJECTOR)
+        self.env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "CEOD_RUN_ID")}
+        self.env.update(CEOD_DATA_DIR=str(root / "data"), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+    def start(self, run_dir: str | Path, *extra: str, faults: dict | None = None) -> subprocess.Popen:
+        cmd = [sys.executable, str(self.injector), *ARGS, *extra, f"hydra.run.dir={run_dir}"]
+        return subprocess.Popen(cmd, cwd=self.root, env={**self.env, **(faults or {})}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def run(self, run_dir: str | Path, *extra: str, faults: dict | None = None) -> subprocess.CompletedProcess:
+        proc = self.start(run_dir, *extra, faults=faults)
+        out, err = proc.communicate(timeout=300)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Lab:
+    return Lab(tmp_path_factory.mktemp("faults"))
+
+
+@pytest.fixture(scope="module")
+def reference(lab) -> tuple[str, Path]:
+    """The uninterrupted run: (its stdout, its folder)."""
+    r = lab.run("reference")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout, lab.root / "reference"
+
+
+def _table(stdout: str) -> list[str]:
+    lines = stdout.splitlines()
+    start = lines.index("test results")
+    return lines[start:lines.index("confusion matrix (rows: true, cols: predicted at the threshold chosen on "
+                                   "validation)", start) + 3]
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "csv" / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def assert_complete(out: Path) -> dict[str, int]:
+    """Every ``*.ckpt`` under ``out`` loads; no temporary file is left → {name: epoch}."""
+    epochs = {p.name: torch.load(p, map_location="cpu", weights_only=False)["epoch"]
+              for p in out.rglob("*.ckpt")}
+    leftovers = [p.name for p in out.rglob(".*tmp*")]
+    assert not leftovers, leftovers
+    return epochs
+
+
+def assert_same_as(reference, resumed: subprocess.CompletedProcess, out: Path) -> None:
+    """The resumed run ends like the uninterrupted one: test table, metrics.csv rows, final weights (bitwise)."""
+    stdout, ref = reference
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _table(resumed.stdout) == _table(stdout)
+    assert _rows(out) == _rows(ref)
+    a, b = _weights(ref / "checkpoints" / "last.ckpt"), _weights(out / "checkpoints" / "last.ckpt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert proc.poll() is None, "the run ended before the fault: " + proc.communicate()[1][-2000:]
+        assert time.time() < deadline, "timed out waiting for the fault point"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_resume_point(lab, reference):
+    """The second last.ckpt write (epoch 1) is slowed; SIGKILL once its temporary file has bytes: last.ckpt
+    still holds epoch 0, complete; the rerun removes the temporary, resumes from epoch 0 and ends the same."""
+    out = lab.root / "killed"
+    proc = lab.start(out, faults={"CEOD_FAULT_MATCH": ".last.ckpt.tmp-", "CEOD_FAULT_SKIP": "1",
+                                  "CEOD_FAULT_SLOW_WRITE": "0.02"})
+    last = out / "checkpoints" / "last.ckpt"
+    _wait_for(lambda: last.is_file() and any(p.stat().st_size > 0 for p in last.parent.glob(".last.ckpt.tmp-*")),
+              proc)
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL
+    assert list((out / "checkpoints").glob(".last.ckpt.tmp-*"))  # the killed writer's partial file …
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0  # … never last.ckpt
+    resumed = lab.run(out)
+    assert "resuming from" in resumed.stdout and "last.ckpt (epoch 0 done)" in resumed.stdout, resumed.stdout
+    assert_complete(out)
+    assert_same_as(reference, resumed, out)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_exits_resumable_and_the_rerun_ends_the_same(lab, reference):
+    """SIGTERM during epoch 1 (steps slowed to 0.15 s): one line saying where it stopped and the resume point,
+    exit 143, no FAILED marker; the rerun repeats epoch 1 and ends like the uninterrupted run."""
+    out = lab.root / "sigterm"
+    proc = lab.start(out, faults={"CEOD_FAULT_SLOW_STEP": "0.15"})
+    _wait_for(lambda: (out / "checkpoints" / "last.ckpt").is_file(), proc)
+    time.sleep(0.2)  # into epoch 1's first steps
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "stopped by SIGTERM (train, epoch 1, after batch" in stdout and "of 4)" in stdout, stdout
+    assert "last.ckpt (epoch 0 done)" in stdout and "Traceback" not in stderr
+    assert not (out / "FAILED").exists()
+    assert assert_complete(out)["last.ckpt"] == 0
+    resumed = lab.run(out)
+    assert_same_as(reference, resumed, out)
+
+
+def _mount_small_disk(where: Path, size: str) -> bool:
+    """A tmpfs of ``size`` at ``where`` (root only); False where it cannot be mounted."""
+    where.mkdir()
+    if os.environ.get("CEOD_TEST_NO_MOUNT"):  # exercise the injected-ENOSPC path where mounting works
+        return False
+    try:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+    except OSError:
+        return False
+    return r.returncode == 0
+
+
+@pytest.mark.slow
+def test_full_disk_is_one_line_and_the_folder_resumes_once_space_is_freed(lab, reference):
+    """Epoch 1's checkpoint does not fit (a 9 MB tmpfs holds epoch 0's two 3.6 MB checkpoints, not a third; or
+    ENOSPC injected): one error line naming the file, exit 2, last.ckpt still epoch 0, no temporary; after the
+    disk grows the same command resumes from epoch 0 and ends like the uninterrupted run."""
+    disk = lab.root / "disk"
+    mounted = _mount_small_disk(disk, "9m")
+    faults = {} if mounted else {"CEOD_FAULT_MATCH": ".ckpt.tmp-", "CEOD_FAULT_SKIP": "2",
+                                 "CEOD_FAULT_ENOSPC_AFTER": "100000"}
+    out = disk / "run"
+    try:
+        r = lab.run(out, faults=faults)
+        assert r.returncode == 2, r.stderr[-3000:]
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr  # one line, no traceback
+        line = errors[0]
+        assert line.startswith("error: cannot write checkpoint (epoch 1)") and "No space left on device" in line
+        assert "checkpoints" in line and "rerun the same command" in line
+        assert assert_complete(out)["last.ckpt"] == 0
+        assert not (out / "FAILED.tmp").exists()
+        if (out / "FAILED").exists():
+            assert "No space left on device" in (out / "FAILED").read_text()
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        resumed = lab.run(out)
+        assert "resuming from" in resumed.stdout and "(epoch 0 done)" in resumed.stdout, resumed.stdout
+        assert not (out / "FAILED").exists()
+        assert_same_as(reference, resumed, out)
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+# ------------------------------------------------------------------ unreadable resume points (in-process)
+@pytest.fixture
+def tiny_cfg(make_cfg, micro_root, tmp_path):
+    def _make(out: str, *overrides: str):
+        micro = [o for o in MICRO_OVERRIDES if "data=folder" not in overrides or "generator" not in o]
+        cfg = make_cfg(f"data.root={micro_root}", *micro, "data.num_workers=0", "trainer.accelerator=cpu",
+                       "trainer.deterministic=true", "trainer.enable_progress_bar=false", "callbacks.figures=null",
+                       "logger=default", "logger.tensorboard=null", "trainer.limit_train_batches=2",
+                       "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", *overrides)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / out)
+        return cfg
+
+    return _make
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zero-byte"])
+def test_unreadable_last_ckpt_falls_back_to_the_newest_readable_one(tiny_cfg, tmp_path, capsys, damage):
+    """last.ckpt (epoch 2) damaged: warned about and moved aside as last.ckpt.corrupt; the run resumes from the
+    best checkpoint (an earlier epoch), says which, and ends bitwise like an uninterrupted 4-epoch run."""
+    full = train(tiny_cfg("full", "trainer.max_epochs=4"))
+    train(tiny_cfg("split", "trainer.max_epochs=3", "test=false"))
+    last = tmp_path / "split" / "checkpoints" / "last.ckpt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
+    capsys.readouterr()
+    resumed = train(tiny_cfg("split", "trainer.max_epochs=4"))
+    said = capsys.readouterr().out
+    best = next((tmp_path / "split" / "checkpoints").glob("epoch*.ckpt"))
+    best_epoch = torch.load(best, weights_only=False)["epoch"]
+    assert f"warning: cannot read checkpoint {last}" in said and "moved aside as last.ckpt.corrupt" in said
+    assert (tmp_path / "split" / "checkpoints" / "last.ckpt.corrupt").stat().st_size == len(data) // 2 * (
+        damage == "truncated")
+    assert f"falling back to {best} (epoch {best_epoch})" in said and f"(epoch {best_epoch} done)" in said
+    for key in ("test/auroc", "test/acc", "val/auroc"):
+        assert resumed[key] == full[key], key
+    assert _rows(tmp_path / "split") == _rows(tmp_path / "full")
+    a, b = _weights(tmp_path / "full" / "checkpoints" / "last.ckpt"), _weights(last)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_no_readable_checkpoint_is_one_line_unless_forced(tiny_cfg, tmp_path, capsys):
+    """Every checkpoint unreadable: one ConfigError saying how to proceed; resume=force starts afresh and
+    equals a fresh run."""
+    train(tiny_cfg("run", "trainer.max_epochs=1", "test=false"))
+    for p in (tmp_path / "run" / "checkpoints").glob("*.ckpt"):
+        p.write_bytes(b"")
+    with pytest.raises(ConfigError) as err:
+        train(tiny_cfg("run", "trainer.max_epochs=1", "test=false"))
+    message = str(err.value)
+    assert "no usable checkpoint" in message and "resume=force" in message and "\n" not in message
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))  # all moved aside …
+    with pytest.raises(ConfigError, match="no usable checkpoint"):  # … and the next start still refuses
+        train(tiny_cfg("run", "trainer.max_epochs=1", "test=false"))
+    forced = train(tiny_cfg("run", "trainer.max_epochs=1", "test=false", "resume=force"))
+    fresh = train(tiny_cfg("fresh", "trainer.max_epochs=1", "test=false"))
+    assert forced["val/auroc"] == fresh["val/auroc"] and forced["train/loss"] == fresh["train/loss"]
+
+
+class DeleteAfterEpoch0:
+    """Test-side fault: a Lightning callback that deletes the data root once epoch 0 is checkpointed — once
+    (``<root>.vanished`` remembers it), so the rerun of the same command (same config) finds its data."""
+
+    def __new__(cls, root: str):
+        import shutil
+
+        from lightning.pytorch.callbacks import Callback
+
+        class _Delete(Callback):
+            def on_train_epoch_start(self, trainer, pl_module):
+                done = Path(root + ".vanished")
+                if trainer.current_epoch == 1 and not done.exists():
+                    done.touch()
+                    shutil.rmtree(root)
+
+        return _Delete()
+
+
+def test_vanished_data_root_mid_run_is_one_line_and_resumes(tiny_cfg, micro_root, tmp_path, capsys):
+    """The data root disappears in epoch 1 (images read from disk by a DataLoader worker): one line naming the
+    missing image (not the worker's traceback), a FAILED marker with it, last.ckpt still epoch 0; with the
+    data back, the same command resumes from epoch 0 and ends like an uninterrupted run."""
+    import shutil
+
+    from ceod.train import one_line, run
+
+    root = tmp_path / "data_copy"
+    shutil.copytree(micro_root, root)
+    folder = ("data=folder", f"data.root={root}", "data.cache=false", "data.num_workers=1",
+              "data.persistent_workers=false", "trainer.max_epochs=2")
+    fault = f"+callbacks.vanish={{_target_:test_faults.DeleteAfterEpoch0,root:{root}}}"
+    (tmp_path / "run").mkdir()
+    with pytest.raises(Exception) as err:
+        run(tiny_cfg("run", *folder, fault))
+    line = one_line(err.value)
+    assert line is not None and line.startswith(f"image not found: {root}") and "\n" not in line, line
+    assert line in (tmp_path / "run" / "FAILED").read_text()
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
+    shutil.copytree(micro_root, root)
+    capsys.readouterr()
+    resumed = run(tiny_cfg("run", *folder, fault))
+    assert "last.ckpt (epoch 0 done)" in capsys.readouterr().out
+    full = train(tiny_cfg("full", *folder))
+    assert not (tmp_path / "run" / "FAILED").exists()
+    for key in ("test/auroc", "test/acc", "val/auroc"):
+        assert resumed[key] == full[key], key
+    assert _rows(tmp_path / "run") == _rows(tmp_path / "full")
+
+
+def test_torn_metrics_row_and_stale_temporaries_are_cleaned(tmp_path):
+    """What a kill mid-append leaves in metrics.csv (a last line with no newline) is dropped on resume, and
+    the rewrite is atomic; a dead writer's temporary checkpoint is removed, a live one's kept."""
+    import socket
+
+    from ceod.checkpoint_io import remove_stale_temporaries
+    from ceod.loggers import CSVLogger
+
+    log = CSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "metrics.csv").write_text("epoch,step,val/auroc\n0,3,0.5\n1,7,0.6\n2,11,0.7\n3,1")
+    log.resume_after(2)
+    log.log_metrics({"val/auroc": 0.8, "epoch": 3}, step=15)
+    log.save()
+    rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    assert rows == ["epoch,step,val/auroc", "0,3,0.5", "1,7,0.6", "2,11,0.7", "3,15,0.8"]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    stale = tmp_path / f".last.ckpt.tmp-{host}-{int(dead.stdout)}-abc123"
+    live = tmp_path / f".last.ckpt.tmp-{host}-{os.getpid()}-abc123"
+    for p in (stale, live):
+        p.write_bytes(b"partial")
+    assert remove_stale_temporaries(tmp_path) == [stale] and live.exists()
+
+
+def test_worker_and_file_system_errors_are_one_line():
+    """A DataLoader worker's re-raised error keeps its own message; ENOSPC and a vanished file name the path."""
+    import errno
+
+    from ceod.faults import environment_error, worker_message
+
+    wrapped = ("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+               '  File "x.py", line 1, in f\nceod.errors.DataError: image not found: /data/a.png\n')
+    assert worker_message(wrapped) == "image not found: /data/a.png"
+    full = environment_error(OSError(errno.ENOSPC, "No space left on device", "/runs/x/csv/metrics.csv"))
+    assert full.startswith("cannot write /runs/x/csv/metrics.csv: No space left on device (disk full)")
+    gone = environment_error(FileNotFoundError(wrapped.replace("ceod.errors.DataError: image not found: /data/a.png",
+                                               "FileNotFoundError: [Errno 2] No such file or directory: '/d/b.png'")))
+    assert gone.startswith("file not found: /d/b.png") and "\n" not in gone
+    assert environment_error(OSError("no errno")) is None and environment_error(ValueError("x")) is None
