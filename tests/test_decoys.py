@@ -75,3 +75,21 @@ def test_shipped_decoys_unchanged_and_bad_kind_is_an_error():
         digits.config_for("decoy_digits", decoy_kind="glitter")
     with pytest.raises(CeodError, match="decoy_kind"):
         synthetic.config_for("synthetic_zipper_decoy", decoy_kind="glitter")
+
+
+def test_a_cache_written_before_the_zoo_stays_valid(tmp_path):
+    """A generated dataset whose meta.json predates decoy_kind was made with its default: no regeneration error."""
+    from ceod.data.discovery import Context, GeneratedSource
+
+    root = tmp_path / "old"
+    cfg = synthetic.config_for("synthetic_zipper", n_good=6, n_defect=6, size=32)
+    synthetic.generate(root, cfg)
+    meta = json.loads((root / "meta.json").read_text())
+    del meta["config"]["decoy_kind"]  # as written before the zoo
+    (root / "meta.json").write_text(json.dumps(meta))
+    src = GeneratedSource(root, variant="synthetic_zipper", generator={"n_good": 6, "n_defect": 6})
+    src.prepare(Context((32, 32), 0.5, False, None))  # no error
+    meta["config"]["contrast"] = 0.5  # a real difference is still caught
+    (root / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CeodError, match="other parameters"):
+        src.prepare(Context((32, 32), 0.5, False, None))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -181,6 +181,14 @@ class FolderTree:
         return samples
 
 
+def _with_new_defaults(meta: dict, cfg) -> dict:
+    """``meta`` with the generator options it predates (fields of ``cfg`` its config lacks) at their defaults:
+    a cache written before an option existed was made with the option's default, so it stays valid."""
+    defaults = {f.name: f.default for f in fields(cfg)}
+    config = meta.get("config", {})
+    return {**meta, "config": {**{k: v for k, v in defaults.items() if k not in config}, **config}}
+
+
 def generator_for(variant: str):
     """The generator module (:mod:`ceod.data.synthetic` or :mod:`ceod.data.digits`) that makes ``variant``."""
     from ceod.data import digits, synthetic
@@ -234,7 +242,7 @@ class GeneratedSource:
                 raise DataError(f"data root {self.root} is not empty and holds no generated dataset (no meta.json)")
             print(f"[ceod] generating {generator.__name__} dataset in {self.root} …", flush=True)
             generator.generate(self.root, cfg)
-        elif _jsonable(meta) != wanted:
+        elif _jsonable(_with_new_defaults(meta, cfg)) != wanted:
             raise DataError(f"data root {self.root} holds a generated dataset made with other parameters; "
                             "delete it or choose another data.root")
 
