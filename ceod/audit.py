@@ -15,6 +15,7 @@ energy can still read a decoy; this measures the decision, not the heat map. Fil
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -75,19 +76,30 @@ def audit(ckpt: str, out: str, data: list[str], split: str = "all", fills: str =
     model = build_model(checkpoint, ckpt)
     dm = datamodule(record, data)
     dm.setup()
-    out_dir, _ = cli.prepare_out(out)
-    rows, keep = _measure(model, record, dm, SPLITS if split == "all" else (split,), fill_list, thr, batch_size)
-    if not rows:
-        raise DataError(f"no image with an AOI mask in {split} of {dm.source.root if hasattr(dm.source, 'root') else data}:"
-                        " the audit needs masks (data.mask_dir)")
-    summary = _summary(rows, fill_list, thr, ckpt)
-    header = ["path", "split", "label", "p_defect", *[f"p_{f}" for f in fill_list],
-              *[f"delta_{f}" for f in fill_list], *[f"flip_{f}" for f in fill_list], "aoi_energy"]
-    cli.write_csv(out_dir / "reliance.csv", header, [[r[k] for k in header] for r in rows])
+    out_dir, created = cli.prepare_out(out)
+    try:
+        summary = _write(model, record, dm, out_dir, split, fill_list, thr, batch_size, top, ckpt, data)
+    except BaseException:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    return summary
+
+
+def _write(model, record, dm, out_dir: Path, split, fills, thr, batch_size, top, ckpt, data) -> dict:
+    """Measure, then write reliance.csv, summary.json and (with ``top``) most_reliant.png into ``out_dir``."""
     from ceod.data.layout import atomic_write
 
+    rows, keep = _measure(model, record, dm, SPLITS if split == "all" else (split,), fills, thr, batch_size)
+    if not rows:
+        raise DataError(f"no image with an AOI mask in split {split} of {' '.join(data)}: the audit measures what "
+                        "lies outside the AOI, so it needs masks (data.mask_dir)")
+    summary = _summary(rows, fills, thr, ckpt)
+    header = ["path", "split", "label", "p_defect", *[f"p_{f}" for f in fills],
+              *[f"delta_{f}" for f in fills], *[f"flip_{f}" for f in fills], "aoi_energy"]
+    cli.write_csv(out_dir / "reliance.csv", header, [[r[k] for k in header] for r in rows])
     atomic_write(out_dir / "summary.json", lambda t: Path(t).write_text(json.dumps(summary, indent=1) + "\n"))
-    if top and "swap" in fill_list:
+    if top and "swap" in fills:
         _figure(model, record, keep, rows, top, out_dir / "most_reliant.png")
     return summary
 
