@@ -26,7 +26,8 @@ from ceod.errors import ConfigError
 from ceod.attribution import AttributionLoss
 from ceod.loss import CEODOptions, CEODOutput
 
-CAM_KEYS = ("omega", "defect_class", "cam_score", "heat_sign", "omega_warmup_steps", "y_weighting")
+SWAP_KEYS = ("outside_swap", "swap_p", "consistency")  # counterfactual training images (ceod.reliance), any loss
+CAM_KEYS = ("omega", "defect_class", "cam_score", "heat_sign", "omega_warmup_steps", "y_weighting", *SWAP_KEYS)
 
 
 def _fp(t: Tensor) -> Tensor:
@@ -117,7 +118,8 @@ class BackgroundRandomizationLoss(AttributionLoss):
     """Plain CE on images whose pixels outside the AOI are replaced by noise (training only)."""
 
     def __init__(self, **options) -> None:
-        super().__init__(_options("bg_random", ("defect_class", "cam_score", "heat_sign"), options, omega=0.0))
+        super().__init__(_options("bg_random", ("defect_class", "cam_score", "heat_sign", *SWAP_KEYS), options,
+                                  omega=0.0))
 
     def prepare_inputs(self, images: Tensor, aoi_mask: Tensor, target: Tensor) -> Tensor:
         return randomize_background(images, aoi_mask)

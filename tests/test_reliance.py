@@ -176,3 +176,22 @@ def test_bad_reliance_fill_is_one_line(make_cfg):
     with pytest.raises(Exception) as e:
         train(make_cfg("module.reliance=[paint]", "trainer.fast_dev_run=true"))
     assert one_line(e.value).startswith("module.reliance: unknown fill 'paint'")
+
+
+@pytest.mark.parametrize("kind", ["rrr", "energy", "bg_random"])
+def test_baselines_take_counterfactual_images_too(kind):
+    from ceod.baselines import BackgroundRandomizationLoss, EnergyLoss, RRRLoss
+    from ceod.models.custom_cnn import CustomCNN
+
+    cls = {"rrr": RRRLoss, "energy": EnergyLoss, "bg_random": BackgroundRandomizationLoss}[kind]
+    loss = cls(outside_swap="swap", consistency=0.5)
+    x, aoi = _batch()
+    y = torch.tensor([0, 1, 0, 1])
+    xs, ms, ys, pairs = loss.counterfactuals(x, aoi, y)
+    xs = loss.prepare_inputs(xs, ms, ys)
+    net = CustomCNN(in_chans=1)
+    logits, feats = net(xs)
+    out = loss(logits, ys, ms, features=feats, head_weight=net.cam_head_weight, images=xs, pairs=pairs)
+    out.total.backward()
+    assert pairs == 4 and out.consistency is not None and torch.isfinite(out.total)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)
