@@ -46,8 +46,10 @@ class StorageError(CeodError):
 
 
 def temporary_name(path: Path) -> Path:
-    """``.NAME.tmp-<host>-<pid>-<random>`` beside ``path``: hidden, never matching ``*.ckpt``."""
-    return path.with_name(f".{path.name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}")
+    """``.NAME.tmp-<host>-<pid>-<random>`` beside ``path``: hidden, never matching ``*.ckpt`` (nor, with
+    ``hpc_ckpt_`` spelt ``hpc-ckpt-``, Lightning's scan for its SLURM checkpoints)."""
+    name = path.name.replace("hpc_ckpt_", "hpc-ckpt-")
+    return path.with_name(f".{name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}")
 
 
 def fsync_dir(folder: Path) -> None:
@@ -82,11 +84,12 @@ class _Recording:
         return getattr(self._f, key)
 
 
-def write_atomically(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
+def write_atomically(path: str | Path, write: Callable[[Any], None], mode: str = "wb", fsync: bool = True) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, flush + fsync it, rename it to ``path``.
 
     On any error (or interrupt) the temporary file is removed and ``path`` keeps its old content; a failed
-    write surfaces as its ``OSError`` (``ENOSPC`` …) whatever the writer made of it.
+    write surfaces as its ``OSError`` (``ENOSPC`` …) whatever the writer made of it. ``fsync=False`` skips
+    the two fsyncs: still atomic for readers and against a killed process, not against a crash of the machine.
     """
     path = Path(path)
     tmp = temporary_name(path)
@@ -100,13 +103,15 @@ def write_atomically(path: str | Path, write: Callable[[Any], None], mode: str =
                     raise f.error from e
                 raise
             raw.flush()
-            os.fsync(raw.fileno())
+            if fsync:
+                os.fsync(raw.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if fsync:
+        fsync_dir(path.parent)
     return path
 
 
@@ -146,8 +151,14 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose saves are atomic and durable (see the module docstring); loads unchanged.
 
-    Remote paths (``scheme://``) go to Lightning's own implementation.
+    ``fsync=False`` (``trainer.plugins.0.fsync=false``): atomic for readers and against a killed process, but
+    a crash of the machine may lose the newest checkpoint — for file systems where fsync is slow. Remote paths
+    (``scheme://``) go to Lightning's own implementation.
     """
+
+    def __init__(self, fsync: bool = True) -> None:
+        super().__init__()
+        self.fsync = bool(fsync)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):
@@ -156,7 +167,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         what = f"checkpoint (epoch {checkpoint.get('epoch', '?')})"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomically(path, lambda f: torch.save(checkpoint, f))
+            write_atomically(path, lambda f: torch.save(checkpoint, f), fsync=self.fsync)
         except OSError as e:
             raise StorageError(what, path, e, "the checkpoints written before are intact; fix the cause, then rerun "
                                "the same command to resume") from e

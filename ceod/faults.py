@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import re
 from pathlib import Path
 
@@ -51,11 +52,26 @@ def _os_error_parts(e: OSError) -> tuple[int | None, str | None, str]:
     return None, None, str(e)
 
 
+def _open_file_of(tb) -> str | None:
+    """The name of a file object open in the innermost frame of ``tb`` that has one: the file a failed
+    ``write`` was writing (``OSError`` from ``write`` names no file), e.g. Hydra's ``.hydra/config.yaml``."""
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str):
+                return value.name
+    return None
+
+
 def environment_error(e: BaseException) -> str | None:
     """One line for a file-system failure outside the program's control, None for anything else."""
     if not isinstance(e, OSError):
         return None
     code, filename, strerror = _os_error_parts(e)
+    filename = filename or _open_file_of(e.__traceback__)
     if code in _WRITE:
         return f"cannot write {filename or '(unknown file)'}: {strerror} ({_WRITE[code]}); {RESUME_HINT}"
     if filename is None:

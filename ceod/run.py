@@ -4,8 +4,8 @@
   else the launch time to the millisecond plus a random suffix (concurrent launches never share one).
 * :func:`config_record` is the resolved config minus the run-location and run-control keys
   (:data:`RUN_CONTROL`); its hash goes into every checkpoint (:class:`RunState`). Auto-resume from
-  ``checkpoints/last.ckpt`` happens only when the hashes match (:func:`resume_checkpoint`); an unreadable
-  ``last.ckpt`` is moved aside as ``last.ckpt.corrupt`` and the newest readable checkpoint is used instead.
+  ``checkpoints/last.ckpt`` happens only when the hashes match (:func:`ceod.resume.resume_checkpoint`, which
+  also falls back past an unreadable ``last.ckpt``).
 * :class:`RunState` makes each training epoch's randomness a function of (seed, epoch) — set right before
   the epoch's data iterator is created — so a killed-and-resumed run repeats an uninterrupted one.
 * :func:`failure_marker` leaves ``FAILED`` (the error line) in a run folder whose run raised.
@@ -116,116 +116,6 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
     return ckpt
 
 
-def resume_candidates(out_dir: Path) -> list[Path]:
-    """Checkpoints a restarted run may resume from, in order: ``checkpoints/last.ckpt`` and Lightning's SLURM
-    ``hpc_ckpt_*.ckpt``, newest first (the resume points), then the other ``checkpoints/*.ckpt`` (the best
-    epoch's), newest first — the fallbacks."""
-    def newest_first(paths) -> list[Path]:
-        stamped = []
-        for p in paths:
-            try:
-                stamped.append((p.stat().st_mtime, p))
-            except OSError:  # vanished meanwhile
-                continue
-        return [p for _, p in sorted(stamped, reverse=True)]
-
-    last = out_dir / "checkpoints" / "last.ckpt"
-    primary = newest_first([last, *out_dir.glob("hpc_ckpt_*.ckpt")])
-    return primary + newest_first(p for p in (out_dir / "checkpoints").glob("*.ckpt") if p != last)
-
-
-def prune_after(found: list[Path], chosen: Path, epoch: int, note) -> None:
-    """Remove the checkpoints of epochs after the resume point (rank 0): the resumed run writes them again,
-    and a stale one would block its name or be taken for a later resume point."""
-    if not is_rank_zero():
-        return
-    for p in found:
-        if p == chosen:
-            continue
-        try:
-            later = int(torch.load(p, map_location="cpu", weights_only=False, mmap=True).get("epoch", -1)) > epoch
-        except Exception:
-            continue
-        if later:
-            p.unlink(missing_ok=True)
-            note(f"removed {p} (a later epoch than the resume point; the resumed run writes it again)")
-
-
-def move_aside(path: Path) -> Path | None:
-    """Rename an unreadable checkpoint to ``NAME.corrupt`` (``.corrupt.1`` … if taken) → the new path, or None
-    when it cannot be moved (other ranks leave it to rank 0)."""
-    if not is_rank_zero():
-        return None
-    target, n = path.with_name(path.name + ".corrupt"), 0
-    while target.exists():
-        n += 1
-        target = path.with_name(f"{path.name}.corrupt.{n}")
-    try:
-        path.rename(target)
-    except OSError:
-        return None
-    return target
-
-
-def _readable(path: Path, note) -> dict | None:
-    """The checkpoint at ``path``, or None (told through ``note``) when it is unreadable (moved aside),
-    vanished, or saved mid-epoch (resuming it would not repeat an uninterrupted run)."""
-    try:
-        ckpt = read_checkpoint(path, f"the run folder's {path.name}")
-    except ConfigError as e:
-        if not path.is_file():
-            return None
-        moved = move_aside(path)
-        note(f"warning: {e}; " + (f"moved aside as {moved.name}" if moved else "left in place"))
-        return None
-    if not ckpt.get("ceod_run", {}).get("epoch_end", True):
-        note(f"skipping {path} (saved mid-epoch {ckpt.get('epoch', '?')}; the epoch restarts from its beginning)")
-        return None
-    return ckpt
-
-
-def resume_checkpoint(cfg: DictConfig, out_dir: Path, record: dict, note=print) -> tuple[str | None, dict | None]:
-    """(checkpoint path, its contents) the run starts from, or (None, None) for a fresh start.
-
-    ``ckpt_path`` set: that file (any config — an explicit choice). Else, when training and not under
-    fast_dev_run, the first readable epoch-end checkpoint of :func:`resume_candidates` — an unreadable one is
-    moved aside as ``*.corrupt`` and the next one tried — written by this config (``resume=force``: by any
-    config); checkpoints of later epochs are removed (:func:`prune_after`). None readable (or only ``*.corrupt`` ones left): a fresh start with ``resume=force``, else one
-    ConfigError line.
-    """
-    resume = cfg.get("resume", "auto")
-    if cfg.get("ckpt_path") is not None:
-        if cfg.ckpt_path in ("last", "best", "hpc"):
-            return cfg.ckpt_path, None
-        return str(cfg.ckpt_path), read_checkpoint(cfg.ckpt_path)
-    if not cfg.get("train", True) or cfg.trainer.get("fast_dev_run"):
-        return None, None
-    found, corrupt = resume_candidates(out_dir), sorted((out_dir / "checkpoints").glob("*.ckpt.corrupt*"))
-    if not found and not corrupt:
-        return None, None
-    for i, path in enumerate(found):
-        ckpt = _readable(path, note)
-        if ckpt is None:
-            continue
-        old = ckpt.get("ceod_run", {}).get("config")
-        if resume != "force" and (old is None or config_hash(old) != config_hash(record)):
-            what = "; ".join(changed_keys(old, record)[:4]) if old is not None else "no config recorded"
-            raise RunFolderConflict(
-                f"run folder {out_dir} holds a run of another config ({what}): start fresh in a new folder "
-                f"(hydra.run.dir=<new dir>, or delete {out_dir / 'checkpoints'}) or resume it anyway with resume=force")
-        if i:
-            note(f"falling back to {path} (epoch {ckpt.get('epoch', '?')}), the newest readable resume point")
-        prune_after(found, path, int(ckpt.get("epoch", -1)), note)
-        return str(path), ckpt
-    if resume == "force":
-        note(f"warning: no usable checkpoint in {out_dir}: starting fresh (resume=force)")
-        return None, None
-    moved = ", ".join(p.name for p in corrupt) or "none"
-    raise ConfigError(f"no usable checkpoint in {out_dir} (unreadable, moved aside: {moved}): "
-                      "rerun with resume=force to start this folder afresh, or start in a new folder "
-                      "(hydra.run.dir=<new dir>)")
-
-
 def seed_epoch(seed: int, epoch: int) -> None:
     """Seed torch, numpy and random from (seed, epoch): an epoch's randomness does not depend on history."""
     value = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
@@ -247,11 +137,27 @@ class RunState(Callback):
         self.seed, self.record = int(seed), record
         self._start_epoch = 0
         self._seeded: int | None = None
-        self._epoch_end = True
+        self._epoch_end, self._train_epoch_ended = True, False
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint["ceod_run"] = {"config": self.record, "config_hash": config_hash(self.record),
-                                  "epoch_end": self._epoch_end}  # false: saved mid-epoch (e.g. hpc_ckpt)
+                                  "epoch_end": self._epoch_end,  # false: saved mid-epoch (e.g. hpc_ckpt)
+                                  "epoch_log": self._epoch_log(trainer)}
+
+    def _epoch_log(self, trainer) -> dict | None:
+        """The epoch's training metrics that Lightning logs just *after* the epoch-end checkpoint is written
+        (a kill in between would lose their metrics.csv row): {"step", "metrics"} for the resumed CSV logger."""
+        if not self._train_epoch_ended:
+            return None
+        try:
+            logged = trainer._logger_connector.metrics["log"]  # what update_train_epoch_metrics will log
+            step = trainer.fit_loop.epoch_loop._batches_that_stepped - 1  # the step it logs them at
+            return {"step": int(step), "metrics": {k: float(v) for k, v in logged.items()}}
+        except Exception:  # another Lightning version: the row may then be lost, nothing else
+            return None
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._train_epoch_ended = True  # runs before the checkpoint callbacks' on_train_epoch_end
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self._epoch_end = batch_idx + 1 >= trainer.num_training_batches
@@ -264,7 +170,7 @@ class RunState(Callback):
         self._seeded = self._start_epoch
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._epoch_end = False
+        self._epoch_end = self._train_epoch_ended = False
         if trainer.current_epoch != self._seeded:
             seed_epoch(self.seed, trainer.current_epoch)
         self._seeded = None

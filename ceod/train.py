@@ -26,7 +26,8 @@ from ceod.data.generated import generator_tag
 from ceod.errors import CeodError, ConfigError
 from ceod.faults import SIGTERM_EXIT, Preemption, environment_error, worker_message
 from ceod.log import echo, info, log_to_file
-from ceod.run import RunState, config_record, failure_marker, is_rank_zero, resume_checkpoint, run_id
+from ceod.resume import resume_checkpoint
+from ceod.run import RunState, config_record, failure_marker, is_rank_zero, run_id
 from ceod.schema import validate
 
 __all__ = ["train", "run", "one_line", "cli", "run_id"]
@@ -71,7 +72,7 @@ def _run_folder(cfg: DictConfig) -> Path:
 def _start(cfg: DictConfig) -> tuple[Path, dict, str | None, dict | None]:
     """Checks before any data is read → (run folder, config record, checkpoint path to start from, its contents).
 
-    Typed run-level values (:mod:`ceod.schema`); the run folder's resume rule (:func:`ceod.run.resume_checkpoint`).
+    Typed run-level values (:mod:`ceod.schema`); the run folder's resume rule (:func:`ceod.resume.resume_checkpoint`).
     """
     validate(cfg)
     out_dir = _run_folder(cfg)
@@ -94,7 +95,7 @@ def _loggers_and_callbacks(cfg: DictConfig, record: dict, resumed: dict | None) 
     loggers = [instantiate_at(cfg, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c is not None]
     for lg in loggers:
         if resumed is not None and hasattr(lg, "resume_after"):
-            lg.resume_after(int(resumed.get("epoch", -1)))
+            lg.resume_after(int(resumed.get("epoch", -1)), resumed.get("ceod_run", {}).get("epoch_log"))
     callbacks = [instantiate_at(cfg, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items()
                  if c is not None]
     return loggers, callbacks + [RunState(cfg.seed, record), Preemption()]
