@@ -73,7 +73,11 @@ def report(out: Path) -> str:
     runs = load(out)
     if not runs:
         return f"no study results under {out}"
+    return "\n".join([*main_table(runs), "", *recovery_table(runs), "", footer(runs)])
+
+
+def footer(runs) -> str:
+    """How many runs, their CPU-process hours and the commits they ran at."""
     commits = sorted({r["commit"] for seeds in runs.values() for r in seeds.values()})
     hours = sum(r["seconds"] for seeds in runs.values() for r in seeds.values()) / 3600
-    return "\n".join([*main_table(runs), "", *recovery_table(runs), "",
-                      f"{sum(len(s) for s in runs.values())} runs, {hours:.1f} CPU-process hours, commits: {', '.join(commits)}"])
+    return f"{sum(len(s) for s in runs.values())} runs, {hours:.1f} CPU-process hours, commits: {', '.join(commits)}"

@@ -14,7 +14,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from study_report import load, mean, ms  # noqa: E402  (sibling script)
+from study_report import footer, load, mean, ms  # noqa: E402  (sibling script)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,11 +85,7 @@ def report(out: Path) -> str:
     if not runs:
         return f"no results under {out}"
     dec, summary = decoy_table(runs)
-    commits = sorted({r["commit"] for seeds in runs.values() for r in seeds.values()})
-    hours = sum(r["seconds"] for seeds in runs.values() for r in seeds.values()) / 3600
-    n = sum(len(s) for s in runs.values())
-    return "\n".join([*dec, "", *control_table(runs), "", *targets(summary), "",
-                      f"{n} runs, {hours:.1f} CPU-process hours, commits: {', '.join(commits)}"])
+    return "\n".join([*dec, "", *control_table(runs), "", *targets(summary), "", footer(runs)])
 
 
 def main() -> None:
