@@ -77,8 +77,10 @@ def _start(cfg: DictConfig) -> tuple[Path, dict, str | None, dict | None]:
     validate(cfg)
     out_dir = _run_folder(cfg)
     record = config_record(cfg, out_dir)
-    if is_rank_zero() and (out_dir / "checkpoints").is_dir():
-        remove_stale_temporaries(out_dir / "checkpoints")  # left by a writer killed mid-save
+    if is_rank_zero():
+        for folder in (out_dir, out_dir / "checkpoints", out_dir / "csv"):  # left by writers killed mid-save
+            if folder.is_dir():
+                remove_stale_temporaries(folder)
     ckpt_path, ckpt = resume_checkpoint(cfg, out_dir, record, note=info)
     if not cfg.get("train", True) and cfg.get("test", True) and ckpt_path is None:
         raise ConfigError("train=false tests a trained model: set ckpt_path=/path/to/checkpoint.ckpt")
@@ -204,8 +206,9 @@ def one_line(e: BaseException) -> str | None:
     wrapped, e = isinstance(e, InstantiationException), _unwrap(e)
     if isinstance(e, CeodError):
         return worker_message(str(e))  # not a DataLoader worker's traceback
-    if environment_error(e) is not None:  # full disk, no permission, a vanished file
-        return environment_error(e)
+    environment = environment_error(e)  # full disk, no permission, a vanished file
+    if environment is not None:
+        return environment
     if wrapped and isinstance(e, (TypeError, ValueError)):
         return f"bad config arguments: {type(e).__name__}: {_first(e)}"
     if isinstance(e, MisconfigurationException):

@@ -206,11 +206,12 @@ def _mount_small_disk(where: Path, size: str) -> bool:
 
 @pytest.mark.slow
 def test_full_disk_is_one_line_and_the_folder_resumes_once_space_is_freed(lab, reference):
-    """Epoch 1's checkpoint does not fit (a 9 MB tmpfs holds epoch 0's two 3.6 MB checkpoints, not a third; or
-    ENOSPC injected): one error line naming the file, exit 2, last.ckpt still epoch 0, no temporary; after the
-    disk grows the same command resumes from epoch 0 and ends like the uninterrupted run."""
+    """Epoch 1's checkpoint does not fit (a tmpfs that holds epoch 0's two checkpoints, 3.6 MB each, plus 1.5 MB,
+    not a third one; or ENOSPC injected): one error line naming the file, exit 2, last.ckpt still epoch 0, no
+    temporary; after the disk grows the same command resumes from epoch 0 and ends like the uninterrupted run."""
     disk = lab.root / "disk"
-    mounted = _mount_small_disk(disk, "9m")
+    size = (reference[1] / "checkpoints" / "last.ckpt").stat().st_size
+    mounted = _mount_small_disk(disk, f"{(2 * size + 1536 * 1024) // 1024}k")
     faults = {} if mounted else {"CEOD_FAULT_MATCH": ".ckpt.tmp-", "CEOD_FAULT_SKIP": "2",
                                  "CEOD_FAULT_ENOSPC_AFTER": "100000"}
     out = disk / "run"
