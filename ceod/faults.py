@@ -25,7 +25,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from ceod.log import info
 
 SIGTERM_EXIT = 143  # 128 + SIGTERM: stopped on request, resumable (shells and schedulers read it so)
-_WRITE = {errno.ENOSPC: "disk full", errno.EDQUOT: "quota exceeded", errno.EROFS: "read-only file system"}
+_WRITE = {errno.ENOSPC: " (disk full)", errno.EDQUOT: " (quota exceeded)", errno.EROFS: ""}
 _ACCESS = (errno.EACCES, errno.EPERM)
 _WORKER = re.compile(r"^(\w*Error): \[Errno (\d+)\] ([^:]+): '(.+)'$", re.M)  # a DataLoader worker's traceback
 RESUME_HINT = "fix the cause, then rerun the same command to resume"
@@ -67,14 +67,26 @@ def _open_file_of(tb) -> str | None:
 
 
 def environment_error(e: BaseException) -> str | None:
-    """One line for a file-system failure outside the program's control, None for anything else."""
-    if not isinstance(e, OSError):
-        return None
+    """One line for a file-system failure outside the program's control — ``e`` or the error that caused it
+    (logging's "Unable to configure handler" for an unwritable log file) — None for anything else."""
+    seen, cause = set(), False
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        line = _os_error_line(e, cause) if isinstance(e, OSError) else None
+        if line is not None:
+            return line
+        e, cause = e.__cause__, True
+    return None
+
+
+def _os_error_line(e: OSError, cause: bool = False) -> str | None:
+    """The line for ``e``; as the cause of another error only a write or permission failure counts (a missing
+    file behind, say, a missing-config error is that error's to report)."""
     code, filename, strerror = _os_error_parts(e)
     filename = filename or _open_file_of(e.__traceback__)
     if code in _WRITE:
-        return f"cannot write {filename or '(unknown file)'}: {strerror} ({_WRITE[code]}); {RESUME_HINT}"
-    if filename is None:
+        return f"cannot write {filename or '(unknown file)'}: {strerror}{_WRITE[code]}; {RESUME_HINT}"
+    if filename is None or (cause and code not in _ACCESS):
         return None
     if code in _ACCESS:
         return f"permission denied: {filename} ({strerror}); {RESUME_HINT}"

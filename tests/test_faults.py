@@ -208,7 +208,8 @@ def _mount_small_disk(where: Path, size: str) -> bool:
 def test_full_disk_is_one_line_and_the_folder_resumes_once_space_is_freed(lab, reference):
     """Epoch 1's checkpoint does not fit (a tmpfs that holds epoch 0's two checkpoints, 3.6 MB each, plus 1.5 MB,
     not a third one; or ENOSPC injected): one error line naming the file, exit 2, last.ckpt still epoch 0, no
-    temporary; after the disk grows the same command resumes from epoch 0 and ends like the uninterrupted run."""
+    temporary. Then (tmpfs only) the folder read-only: one line naming the file. After the disk grows and is
+    writable again, the same command resumes from epoch 0 and ends like the uninterrupted run."""
     disk = lab.root / "disk"
     size = (reference[1] / "checkpoints" / "last.ckpt").stat().st_size
     mounted = _mount_small_disk(disk, f"{(2 * size + 1536 * 1024) // 1024}k")
@@ -227,8 +228,13 @@ def test_full_disk_is_one_line_and_the_folder_resumes_once_space_is_freed(lab, r
         assert not (out / "FAILED.tmp").exists()
         if (out / "FAILED").exists():
             assert "No space left on device" in (out / "FAILED").read_text()
-        if mounted:
-            subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        if mounted:  # an unwritable folder next: one line naming the first file it could not write
+            subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+            r = lab.run(out)
+            errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+            assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+            assert errors[0].startswith(f"error: cannot write {out}") and "Read-only file system" in errors[0]
+            subprocess.run(["mount", "-o", "remount,rw,size=64m", str(disk)], check=True)
         resumed = lab.run(out)
         assert "resuming from" in resumed.stdout and "(epoch 0 done)" in resumed.stdout, resumed.stdout
         assert not (out / "FAILED").exists()
@@ -319,3 +325,12 @@ def test_worker_and_file_system_errors_are_one_line():
                                                "FileNotFoundError: [Errno 2] No such file or directory: '/d/b.png'")))
     assert gone.startswith("file not found: /d/b.png") and "\n" not in gone
     assert environment_error(OSError("no errno")) is None and environment_error(ValueError("x")) is None
+    for code, expect in ((errno.EROFS, "cannot write /r/train.log: Read-only file system;"), (errno.ENOENT, None)):
+        try:  # what logging raises for a log file it cannot open: the OSError is the cause, and counts
+            try:
+                raise OSError(code, os.strerror(code), "/r/train.log")
+            except OSError as e:
+                raise ValueError("Unable to configure handler 'file'") from e
+        except ValueError as chained:
+            line = environment_error(chained)
+        assert line is None if expect is None else line.startswith(expect), line
