@@ -1,8 +1,10 @@
 """What a run does when the machine, not the config, fails: full disk, lost permissions, vanished files, SIGTERM.
 
 * :func:`worker_message` is the one-line message of an error re-raised from a DataLoader worker (the file
-  that vanished), not the worker's traceback. :func:`environment_error` turns an ``OSError`` from the file system (``ENOSPC``, ``EDQUOT``, ``EROFS``,
-  ``EACCES``, ``ENOENT`` of a file that vanished, ``EIO``) into one line naming the path, or None for others.
+  that vanished), not the worker's traceback.
+* :func:`environment_error` turns an ``OSError`` from the file system (``ENOSPC``, ``EDQUOT``, ``EROFS``,
+  ``EACCES``, ``ENOENT`` of a file that vanished, ``EIO``) — also as the cause of another error — into one
+  line naming the path, or None for others.
   (Checkpoint and metrics writes raise :class:`ceod.checkpoint_io.StorageError`, which names what was written.)
 * :class:`Preemption` — on SIGTERM (what SLURM sends at preemption or at the time limit) Lightning stops after
   the current batch (``SIGTERMException``); this callback says where, and which resume point the rerun uses.

@@ -1,10 +1,12 @@
 """Faults lose nothing (issue 19), by fault injection on real processes and real files.
 
-A full disk during a checkpoint write (a real tmpfs where one can be mounted, else ``OSError(ENOSPC)`` injected
-at ``open``), SIGKILL in the middle of a (slowed) checkpoint write, SIGTERM mid-epoch, a truncated or empty
-``last.ckpt``. After each: what is on disk (every ``*.ckpt`` complete, no temporary left behind, the right
-marker) and that the next run resumes from the last complete epoch and ends bitwise like an uninterrupted run
-(deterministic CPU). The injector (:data:`INJECTOR`) changes only the file layer or the timing, never ceod code.
+SIGKILL in the middle of a (slowed) checkpoint write, then SIGTERM mid-epoch; a full disk during a checkpoint
+write (a real tmpfs where one can be mounted, else ``OSError(ENOSPC)`` injected at ``open``), then the folder
+read-only; the data root deleted mid-run. After each: what is on disk (every ``*.ckpt`` complete, no temporary
+left behind, the right marker, one ``error:`` line) and that the next run resumes from the last complete epoch
+and ends bitwise like an uninterrupted run (deterministic CPU). The injector (``tests/fault_inject.py``)
+changes only the file layer or the timing, never ceod code. Unreadable and mid-epoch checkpoints, torn
+metrics rows: ``tests/test_run.py``.
 """
 
 from __future__ import annotations
@@ -30,56 +32,8 @@ ARGS = ["data.generator={n_good:16,n_defect:16}", "data.image_size=32", "data.ba
         "callbacks.figures=null", "logger.tensorboard=null", "trainer.max_epochs=2", "trainer.limit_train_batches=4",
         "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]
 
-#: ``python INJECTOR <ceod.train args>``: ceod.train, with the faults the CEOD_FAULT_* variables ask for
-INJECTOR = '''
-import builtins, errno, os, runpy, sys, time
-match = os.environ.get("CEOD_FAULT_MATCH", "")        # files whose name contains this are faulted
-skip = int(os.environ.get("CEOD_FAULT_SKIP", "0"))     # ... after this many such opens for writing
-full_after = int(os.environ.get("CEOD_FAULT_ENOSPC_AFTER", "-1"))  # ENOSPC once this many bytes are written
-slow = float(os.environ.get("CEOD_FAULT_SLOW_WRITE", "0"))         # seconds per write() call
-step = float(os.environ.get("CEOD_FAULT_SLOW_STEP", "0"))          # seconds after each optimizer step
-step_file = os.environ.get("CEOD_FAULT_STEP_FILE")                 # ... appending a line to this file
-opened = [0]
-real_open = builtins.open
-
-class Faulty:
-    def __init__(self, f, name):
-        self._f, self._name, self._n = f, name, 0
-    def write(self, data):
-        if slow:
-            time.sleep(slow)
-        if full_after >= 0 and self._n + len(data) > full_after:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._name)
-        self._n += len(data)
-        return self._f.write(data)
-    def __enter__(self):
-        return self
-    def __exit__(self, *exc):
-        self._f.close()
-    def __getattr__(self, key):
-        return getattr(self._f, key)
-
-def faulty_open(file, mode="r", *args, **kwargs):
-    f = real_open(file, mode, *args, **kwargs)
-    if match and match in str(file) and any(c in mode for c in "wa"):
-        opened[0] += 1
-        if opened[0] > skip:
-            return Faulty(f, str(file))
-    return f
-
-builtins.open = faulty_open
-def after_step(*args):
-    if step_file:
-        with real_open(step_file, "a") as f:
-            print("step", file=f)
-    time.sleep(step)
-
-if step or step_file:
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-    register_optimizer_step_post_hook(after_step)
-sys.argv = ["ceod.train", *sys.argv[1:]]
-runpy.run_module("ceod.train", run_name="__main__", alter_sys=True)
-'''
+#: ``python INJECTOR <ceod.train args>``: ceod.train with the faults the CEOD_FAULT_* variables ask for
+INJECTOR = Path(__file__).with_name("fault_inject.py")
 
 
 class Lab:
@@ -87,8 +41,7 @@ class Lab:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.injector = root / "inject.py"
-        self.injector.write_text(INJECTOR)
+        self.injector = INJECTOR
         self.env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "CEOD_RUN_ID")}
         self.env.update(CEOD_DATA_DIR=str(root / "data"), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 

@@ -171,10 +171,6 @@ def _rows(out: Path) -> list[dict]:
         return [{k: v for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
 
 
-def _weights(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-
-
 @pytest.fixture
 def logged_cfg(tiny_cfg):
     """``tiny_cfg`` with metrics.csv, 2 batches per split and no DataLoader workers."""
@@ -203,7 +199,7 @@ def test_unreadable_last_ckpt_falls_back_to_the_newest_readable_one(logged_cfg, 
     for key in ("test/auroc", "test/acc", "val/auroc"):
         assert resumed[key] == full[key], key
     assert _rows(tmp_path / "split") == _rows(tmp_path / "full")
-    a, b = _weights(tmp_path / "full" / "checkpoints" / "last.ckpt"), _weights(last)
+    a, b = _ckpt(tmp_path / "full")["state_dict"], _ckpt(tmp_path / "split")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -284,7 +280,7 @@ def test_mid_epoch_hpc_checkpoint_is_skipped_for_an_exact_resume(logged_cfg, tmp
     full = train(logged_cfg("full", "trainer.max_epochs=2"))
     for key in ("test/auroc", "test/acc", "val/auroc"):
         assert resumed[key] == full[key], key
-    a, b = (_weights(tmp_path / d / "checkpoints" / "last.ckpt") for d in ("full", "run"))
+    a, b = (_ckpt(tmp_path / d)["state_dict"] for d in ("full", "run"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
