@@ -49,7 +49,7 @@ def _restore_epoch_row(keys: list[str], rows: list[dict], epoch: int, pending: d
     have = any(r.get("epoch") and float(r["epoch"]) == epoch and all(r.get(k) for k in metrics) for r in rows)
     if not metrics or have:
         return
-    keys += [k for k in metrics if k not in keys]
+    keys += [k for k in ("epoch", "step", *metrics) if k not in keys]  # also into a file torn inside its header
     rows.append({**{k: "" for k in keys}, **metrics, "epoch": epoch, "step": pending["step"]})
 
 

@@ -237,6 +237,11 @@ def test_torn_metrics_row_and_stale_temporaries_are_cleaned(tmp_path):
     log.save()
     rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
     assert rows == ["epoch,step,val/auroc", "0,3,0.5", "1,7,0.6", "2,11,0.7", "3,15,0.8"]
+    (tmp_path / "csv" / "metrics.csv").write_text("epoch,st")  # torn inside the header (a full disk)
+    log = CSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    log.resume_after(0, {"step": 3, "metrics": {"train/loss_epoch": 0.25}})  # the checkpoint's epoch row
+    log.save()
+    assert (tmp_path / "csv" / "metrics.csv").read_text().splitlines() == ["epoch,step,train/loss_epoch", "0,3,0.25"]
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     host = socket.gethostname()
     stale = tmp_path / f".last.ckpt.tmp-{host}-{int(dead.stdout)}-abc123"
