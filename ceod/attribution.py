@@ -73,7 +73,7 @@ class AttributionLoss(nn.Module):
             return images, aoi_mask, target, 0
         n = images.shape[0]
         partner = torch.randperm(n, device=images.device)
-        comp = fill_outside(images, aoi_mask, o.outside_swap, partner)
+        comp = fill_outside(images, aoi_mask, o.outside_swap, partner, o.swap_dilation, o.swap_feather)
         if o.consistency > 0:
             return torch.cat([images, comp]), torch.cat([aoi_mask, aoi_mask]), torch.cat([target, target]), n
         chosen = (torch.rand(n, device=images.device) < o.swap_p)[:, None, None, None]

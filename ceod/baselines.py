@@ -26,7 +26,7 @@ from ceod.errors import ConfigError
 from ceod.attribution import AttributionLoss
 from ceod.loss import CEODOptions, CEODOutput
 
-SWAP_KEYS = ("outside_swap", "swap_p", "consistency")  # counterfactual training images (ceod.reliance), any loss
+SWAP_KEYS = ("outside_swap", "swap_p", "consistency", "swap_dilation", "swap_feather")  # counterfactual training images (ceod.reliance), any loss
 CAM_KEYS = ("omega", "defect_class", "cam_score", "heat_sign", "omega_warmup_steps", "y_weighting", *SWAP_KEYS)
 
 

@@ -31,7 +31,7 @@ from torch import Tensor
 from ceod.attribution import AttributionLoss
 from ceod.cam import HEAT_SIGNS
 from ceod.errors import ConfigError
-from ceod.reliance import FILLS
+from ceod.reliance import DILATION_PX, FEATHER_PX, FILLS
 
 FILTER_NORMALIZE = ("none", "clip", "sum")
 THRESHOLD_MODES = ("hard", "soft")
@@ -144,6 +144,8 @@ class CEODOptions:
     outside_swap: str = "none"  # none | swap | blur | noise
     swap_p: float = 1.0  # share of the images replaced by their composite (consistency = 0)
     consistency: float = 0.0
+    swap_dilation: int = DILATION_PX  # px the AOI is widened by before its outside is replaced
+    swap_feather: int = FEATHER_PX  # px the seam is blended over
 
     def __post_init__(self) -> None:
         for key, allowed in (("variant", OD_VARIANTS), ("threshold", THRESHOLD_MODES), ("cam_score", CAM_SCORES),
@@ -158,6 +160,7 @@ class CEODOptions:
             ("kernel_value", self.kernel_value > 0, "> 0"), ("defect_class", self.defect_class in (0, 1), "0 or 1"),
             ("omega_warmup_steps", self.omega_warmup_steps >= 0, "≥ 0"),
             ("swap_p", 0.0 <= self.swap_p <= 1.0, "in [0, 1]"), ("consistency", self.consistency >= 0, "≥ 0"),
+            ("swap_dilation", self.swap_dilation >= 0, "≥ 0"), ("swap_feather", self.swap_feather >= 0, "≥ 0"),
         )
         for key, ok, what in checks:
             if not ok:

@@ -15,7 +15,9 @@ Variants: ``ce_plain`` (F.cross_entropy alone), ``ce`` (ceod's CE: ω = 0, the O
 without a graph for the train/od log), ``ceod_paper`` and ``ceod`` (``conf/loss/ceod_paper.yaml`` and
 ``conf/loss/ceod.yaml``, the recommended setting; analytic CAM when the head is GAP→linear, else autograd with
 create_graph), ``ceod_cam_res`` (``ceod`` with the overlap at the CAM's resolution) and ``ceod_autograd``
-(``ceod`` with the autograd Grad-CAM forced, second-order graph). ``--finetune`` freezes the timm model as
+(``ceod`` with the autograd Grad-CAM forced, second-order graph), ``swap`` / ``ceod_swap`` (``conf/loss/swap.yaml``,
+``ceod_swap.yaml``: counterfactual images made inside the step) and ``swap_kl`` (``swap`` with the consistency
+term: the composites added to the batch). ``--finetune`` freezes the timm model as
 ``finetune=transfer|last_n`` would (n = 20; the optimizer gets the trainable parameters only), one table each.
 """
 
@@ -95,11 +97,14 @@ def step(model, opt, loss_fn, x, mask, y, head_weight, device, dtype=None) -> tu
     t0 = time.perf_counter()
     with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack), \
             torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        pairs = 0
+        if loss_fn is not None:  # counterfactual images (loss.outside_swap) are made inside the timed step
+            x, mask, y, pairs = loss_fn.counterfactuals(x, mask, y)
         logits, feats = model(x)
         if loss_fn is None:
             total = nn.functional.cross_entropy(logits, y)
         else:
-            total = loss_fn(logits, y, mask, features=feats, head_weight=head_weight).total
+            total = loss_fn(logits, y, mask, features=feats, head_weight=head_weight, pairs=pairs).total
     opt.zero_grad(set_to_none=True)
     total.backward()
     opt.step()
@@ -129,6 +134,9 @@ def bench(model_name: str, size: int, batch: int, reps: int, warmup: int, device
         "ceod": (loss_from_yaml("ceod"), analytic),
         "ceod_cam_res": (loss_from_yaml("ceod", resolution="cam"), analytic),
         "ceod_autograd": (loss_from_yaml("ceod"), None),
+        "swap": (loss_from_yaml("swap"), analytic),  # CE on counterfactual images (issue 16)
+        "ceod_swap": (loss_from_yaml("ceod_swap"), analytic),
+        "swap_kl": (loss_from_yaml("swap", consistency=1.0), analytic),  # 2B images per step
     }
     variants = {k: v for k, v in variants.items() if k == "ce_plain" or not only or k in only}
     times = {k: [] for k in variants}

@@ -136,6 +136,11 @@ def test_counterfactual_batches_and_the_consistency_term():
     swap = CEODLoss(omega=0.0, outside_swap="swap")
     xs, ms, ys, pairs = swap.counterfactuals(x, aoi, y)
     assert xs.shape == x.shape and pairs == 0 and torch.equal(ys, y)
+    tight = CEODLoss(omega=0.0, outside_swap="swap", swap_dilation=0, swap_feather=0)
+    torch.manual_seed(1)
+    xt = tight.counterfactuals(x, aoi, y)[0]
+    ring = (dilate(aoi, 1) > 0) & (aoi == 0)  # the 1 px ring the default keeps and the tight one swaps
+    assert torch.equal(xt[:, 0][aoi > 0], x[:, 0][aoi > 0]) and not torch.equal(xt[:, 0][ring], x[:, 0][ring])
     kl = CEODLoss(omega=0.0, outside_swap="swap", consistency=2.0)
     xs, ms, ys, pairs = kl.counterfactuals(x, aoi, y)
     assert xs.shape[0] == 8 and pairs == 4 and torch.equal(ys, torch.cat([y, y])) and torch.equal(xs[:4], x)
@@ -149,7 +154,9 @@ def test_counterfactual_batches_and_the_consistency_term():
 
 
 @pytest.mark.parametrize("key, value, culprit", [("outside_swap", "paint", "loss.outside_swap"),
-                                                 ("swap_p", 1.5, "loss.swap_p"), ("consistency", -1.0, "loss.consistency")])
+                                                 ("swap_p", 1.5, "loss.swap_p"), ("consistency", -1.0, "loss.consistency"),
+                                                 ("swap_dilation", -1, "loss.swap_dilation"),
+                                                 ("swap_feather", 1.5, "loss.swap_feather")])
 def test_bad_swap_options_are_one_line(key, value, culprit):
     with pytest.raises(ConfigError, match=culprit):
         CEODLoss(**{key: value})
