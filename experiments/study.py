@@ -53,6 +53,9 @@ METHODS: dict[str, list[str]] = {
     "swap_kl": ["loss=ce", "loss.outside_swap=swap", "loss.consistency=1.0"],
     "ceod_swap": ["loss=ceod", "loss.outside_swap=swap"],
     "ceod_swap_kl": ["loss=ceod", "loss.outside_swap=swap", "loss.consistency=1.0"],
+    # the composite keeps no ring of the image's own content around its AOI (the default keeps 1 px + 1 px seam)
+    "ceod_swap_tight": ["loss=ceod", "loss.outside_swap=swap", "loss.swap_dilation=0", "loss.swap_feather=0"],
+    "swap_tight": ["loss=ce", "loss.outside_swap=swap", "loss.swap_dilation=0", "loss.swap_feather=0"],
     # model selection without a clean validation set (issue 16 item 4): validate every epoch, test the epoch
     # with the best val AUROC - val outside reliance (instead of the last one)
     **{f"{m}_sel": [*o, "trainer.check_val_every_n_epoch=1", "callbacks.model_checkpoint.monitor=val/auroc_minus_reliance",
