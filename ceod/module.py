@@ -187,6 +187,14 @@ class CEODModule(L.LightningModule):
         for (i, j), name in {(0, 0): "tn", (0, 1): "fp", (1, 0): "fn", (1, 1): "tp"}.items():
             self.log(f"{stage}/{name}", cm[i, j].float(), sync_dist=True)
 
+    def on_fit_start(self) -> None:
+        """Counterfactual training images need AOI masks: a training set without any is one error line."""
+        swap = getattr(self.loss.opts, "outside_swap", "none")
+        samples = getattr(getattr(self.trainer, "datamodule", None), "samples", {}).get("train")
+        if swap != "none" and samples and all(getattr(s, "mask", None) is None for s in samples):
+            raise ConfigError(f"loss.outside_swap={swap} replaces what lies outside each image's AOI, but no training "
+                              "image has an AOI mask (set data.mask_dir, or loss.outside_swap=none)")
+
     def on_validation_epoch_start(self) -> None:
         """Before validating a training epoch: BN running statistics recomputed over the training set."""
         if not self.bn_recalibration or self.trainer.sanity_checking or self.trainer.state.fn != "fit":

@@ -105,9 +105,12 @@ def valid_for(aoi: Tensor, fill: str, partner: Tensor | None = None) -> Tensor:
 
 
 def reliance(prob: Tensor, prob_filled: Tensor, valid: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
-    """(mean |ΔP|, share of flipped decisions at ``threshold``) over the ``valid`` images (N each); NaN-free:
-    0 and 0 when no image is valid."""
-    n = valid.sum().clamp(min=1)
+    """(mean |ΔP|, share of flipped decisions at ``threshold``) over the ``valid`` images (N each); NaN and NaN
+    when no image is valid (no AOI mask: nothing was measured — as the AOI metrics, never a reassuring 0)."""
+    if not bool(valid.any()):
+        nan = torch.tensor(float("nan"))
+        return nan, nan
+    n = valid.sum()
     delta = (prob - prob_filled).abs() * valid
     flip = ((prob >= threshold) != (prob_filled >= threshold)) & valid
     return delta.sum() / n, flip.sum() / n

@@ -64,8 +64,8 @@ def test_reliance_by_hand():
     delta, flip = reliance(prob, filled, valid, threshold=0.5)
     assert delta.item() == pytest.approx((0.8 + 0.1 + 0.5) / 3)
     assert flip.item() == pytest.approx(2 / 3)
-    zero = reliance(prob, filled, torch.zeros(4, dtype=torch.bool), 0.5)
-    assert [v.item() for v in zero] == [0.0, 0.0]
+    none = reliance(prob, filled, torch.zeros(4, dtype=torch.bool), 0.5)
+    assert all(torch.isnan(v) for v in none)  # no AOI: not measured, never a reassuring 0
 
 
 def test_consistency_is_the_symmetric_kl_and_has_gradients():
@@ -202,3 +202,13 @@ def test_baselines_take_counterfactual_images_too(kind):
     out.total.backward()
     assert pairs == 4 and out.consistency is not None and torch.isfinite(out.total)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)
+
+
+def test_counterfactual_training_without_masks_is_one_line(make_cfg, tiny_root):
+    from ceod.train import one_line, train
+
+    cfg = make_cfg("data=folder", f"data.root={tiny_root}", "data.mask_dir=null", "data.manifest=null",
+                   "data.image_size=32", "trainer.fast_dev_run=true", "trainer.accelerator=cpu", "loss=ceod_swap")
+    with pytest.raises(Exception) as e:
+        train(cfg)
+    assert one_line(e.value).startswith("loss.outside_swap=swap replaces what lies outside")
