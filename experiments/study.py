@@ -57,7 +57,7 @@ METHODS: dict[str, list[str]] = {
     "ceod_swap_tight": ["loss=ceod", "loss.outside_swap=swap", "loss.swap_dilation=0", "loss.swap_feather=0"],
     "swap_tight": ["loss=ce", "loss.outside_swap=swap", "loss.swap_dilation=0", "loss.swap_feather=0"],
     # evidence outside the AOI penalised at a finer, earlier layer, for and against the class (issue 16 item 3)
-    "ceod_fine_outside": ["loss=ceod", "loss.variant=outside", "loss.heat_sign=abs", "model.cam_block=6"],
+    "ceod_fine_outside": ["loss=ceod", "loss.variant=outside", "loss.heat_sign=abs", "+model.cam_block=6"],
     # model selection without a clean validation set (issue 16 item 4): validate every epoch, test the epoch
     # with the best val AUROC - val outside reliance (instead of the last one)
     **{f"{m}_sel": [*o, "trainer.check_val_every_n_epoch=1", "callbacks.model_checkpoint.monitor=val/auroc_minus_reliance",
