@@ -38,7 +38,7 @@ def decoy_table(runs) -> tuple[list[str], dict]:
         ce = runs.get((bench, "ce"), {})
         ce_c = mean(_col(runs.get((control_of(runs, bench), "ce"), {}), "test/auroc"))
         ce_d, ce_r = mean(_col(ce, "test/auroc")), mean(_col(ce, "test/outside_reliance"))
-        for method in sorted({m for b, m in runs if b == bench}, key=lambda m: (m != "ce", m)):
+        for method in sorted({m for b, m in runs if b == bench and not m.endswith("_sel")}, key=lambda m: (m != "ce", m)):
             seeds = runs[(bench, method)]
             auc, rel = mean(_col(seeds, "test/auroc")), mean(_col(seeds, "test/outside_reliance"))
             rec = (auc - ce_d) / (ce_c - ce_d) if None not in (auc, ce_d, ce_c) and ce_c != ce_d else None
@@ -66,6 +66,19 @@ def control_table(runs) -> list[str]:
     return lines
 
 
+def selection_table(runs) -> list[str]:
+    """The epoch chosen by val AUROC − val outside reliance (``<m>_sel``) against the last epoch (``<m>``)."""
+    lines = ["| benchmark | method | last epoch: test AUROC | chosen: test AUROC | Δ (paired) | last: reliance "
+             "| chosen: reliance |", "|---|---|---|---|---|---|---|"]
+    for bench, sel in sorted((b, m) for b, m in runs if m.endswith("_sel")):
+        base = sel[: -len("_sel")]
+        last, chosen = runs.get((bench, base), {}), runs[(bench, sel)]
+        paired = [chosen[s]["test/auroc"] - last[s]["test/auroc"] for s in chosen if s in last]
+        lines.append(f"| {bench} | {base} | {ms(_col(last, 'test/auroc'))} | {ms(_col(chosen, 'test/auroc'))} | "
+                     f"{ms(paired)} | {ms(_col(last, 'test/outside_reliance'))} | {ms(_col(chosen, 'test/outside_reliance'))} |")
+    return lines
+
+
 def targets(summary: dict) -> list[str]:
     """Per method: on how many decoy benchmarks it meets ≥ 80 % recovery and reliance ≤ half of CE's."""
     methods = sorted({m for v in summary.values() for m in v} - {"ce"})
@@ -85,7 +98,8 @@ def report(out: Path) -> str:
     if not runs:
         return f"no results under {out}"
     dec, summary = decoy_table(runs)
-    return "\n".join([*dec, "", *control_table(runs), "", *targets(summary), "", footer(runs)])
+    return "\n".join([*dec, "", *control_table(runs), "", *targets(summary), "", *selection_table(runs), "",
+                      footer(runs)])
 
 
 def main() -> None:
