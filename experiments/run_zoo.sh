@@ -1,5 +1,5 @@
 #!/bin/bash
-# The decoy-zoo study of experiments/README.md §8 (issue 16); resumable: finished cells are skipped, so stop it
+# The decoy-zoo study of experiments/README.md §1c (issue 16); resumable: finished cells are skipped, so stop it
 # any time and run it again. Results: experiments/results/study_zoo/*/*/seed*.json; tables:
 # python experiments/zoo_report.py. Sized for 2 CPU cores: every candidate on seed 0, then CE, CEOD and the
 # recommended setting ($REC) on seeds 1 and 2, then model selection and a baseline.
