@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from ceod.data.layout import current_umask, fsync_path, pid_alive
 from ceod.errors import CeodError
 
 STALE_S = 24 * 3600
@@ -50,20 +51,6 @@ def temporary_name(path: Path) -> Path:
     ``hpc_ckpt_`` spelt ``hpc-ckpt-``, Lightning's scan for its SLURM checkpoints)."""
     name = path.name.replace("hpc_ckpt_", "hpc-ckpt-")
     return path.with_name(f".{name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}")
-
-
-def fsync_dir(folder: Path) -> None:
-    """Persist a rename in ``folder`` (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class _Recording:
@@ -105,30 +92,14 @@ def write_atomically(path: str | Path, write: Callable[[Any], None], mode: str =
             raw.flush()
             if fsync:
                 os.fsync(raw.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     if fsync:
-        fsync_dir(path.parent)
+        fsync_path(path.parent)
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
@@ -138,7 +109,7 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     for p in Path(folder).glob(f".*{TMP_MARK}*"):
         parts = p.name.rsplit(TMP_MARK, 1)[-1].rsplit("-", 2)
         try:
-            dead = len(parts) == 3 and parts[0] == host and not _alive(int(parts[1]))
+            dead = len(parts) == 3 and parts[0] == host and not pid_alive(int(parts[1]))
             old = time.time() - p.stat().st_mtime > STALE_S
         except (ValueError, OSError):
             continue

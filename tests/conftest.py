@@ -27,6 +27,15 @@ def _seed_and_threads():
     yield
 
 
+@pytest.fixture
+def torch_one_thread():
+    """torch on one intra-op thread for the test (timm's depthwise convs crawl with several on a shared 2-core CPU)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
     """A tiny synthetic_zipper dataset (44 images, 64 px)."""

@@ -21,12 +21,7 @@ LITE0 = "tf_efficientnet_lite0"
 TF_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # depthwise convs crawl with several threads here
 
 
 @pytest.fixture

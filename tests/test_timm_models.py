@@ -24,13 +24,7 @@ from ceod.train import one_line, train
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Depthwise convs on a shared 2-core CPU crawl with several OpenMP threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # depthwise convs crawl with several threads here
 
 
 @pytest.fixture

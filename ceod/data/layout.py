@@ -26,18 +26,20 @@ CLASS_DIRS = {0: "good", 1: "defect"}
 STALE_S = 24 * 3600
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read without changing it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` (on this host) still runs; unknowable cases count as alive."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except (PermissionError, OverflowError):
         return True
     return True
 
@@ -50,7 +52,7 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
     for p in out.parent.glob(f".{out.name}.tmp-*"):
         parts = p.name[len(f".{out.name}.tmp-"):].rsplit("-", 2)
         try:
-            dead = len(parts) == 3 and parts[0] == host and not _alive(int(parts[1]))
+            dead = len(parts) == 3 and parts[0] == host and not pid_alive(int(parts[1]))
             old = time.time() - p.stat().st_mtime > STALE_S
         except (ValueError, OSError):
             continue
@@ -62,7 +64,7 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
 
 def shared_permissions(path: Path) -> None:
     """Give ``path`` (and, for a folder, everything in it) the permissions of a new file or folder."""
-    mask = _umask()
+    mask = current_umask()
     paths = [path, *path.rglob("*")] if path.is_dir() else [path]
     for p in paths:
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
@@ -102,16 +104,16 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(name)
     try:
         write(tmp)
-        _fsync(tmp)
+        fsync_path(tmp)
         shared_permissions(tmp)
         os.replace(tmp, path)
-        _fsync(path.parent)  # the rename itself survives a crash
+        fsync_path(path.parent)  # the rename itself survives a crash
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """Flush ``path`` (a file, or a folder's entries) to the disk; silently skipped where not supported."""
     try:
         fd = os.open(path, os.O_RDONLY)
