@@ -28,6 +28,18 @@ def area_downsample(mask: Tensor, size: tuple[int, int]) -> Tensor:
     return F.adaptive_avg_pool2d(mask[:, None], tuple(size))[:, 0]
 
 
+def annotated_partners(aoi_mask: Tensor) -> Tensor:
+    """B random partners for the ``swap`` composites, drawn among the images with an AOI (non-empty mask, B×H×W):
+    a partner without one could show a second product outside the image's AOI. Every image annotated: a random
+    permutation of the batch."""
+    n = aoi_mask.shape[0]
+    annotated = aoi_mask.flatten(1).amax(dim=1) > 0
+    if bool(annotated.all()) or not bool(annotated.any()):
+        return torch.randperm(n, device=aoi_mask.device)
+    idx = annotated.nonzero()[:, 0]
+    return idx[torch.randint(len(idx), (n,), device=aoi_mask.device)]
+
+
 class AttributionLoss(nn.Module):
     """The (images, logits, features, label, AOI mask) contract shared by CEOD and the baselines.
 
@@ -72,7 +84,7 @@ class AttributionLoss(nn.Module):
         if o.outside_swap == "none" or not torch.is_grad_enabled():
             return images, aoi_mask, target, 0
         n = images.shape[0]
-        partner = torch.randperm(n, device=images.device)
+        partner = annotated_partners(aoi_mask)
         comp = fill_outside(images, aoi_mask, o.outside_swap, partner, o.swap_dilation, o.swap_feather)
         if o.consistency > 0:
             return torch.cat([images, comp]), torch.cat([aoi_mask, aoi_mask]), torch.cat([target, target]), n

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ceod.errors import ConfigError
 from ceod.attribution import AttributionLoss
-from ceod.loss import CEODOptions, CEODOutput
+from ceod.loss import CEODOptions, CEODOutput, annotated_count
 
 SWAP_KEYS = ("outside_swap", "swap_p", "consistency", "swap_dilation", "swap_feather")  # counterfactual training images (ceod.reliance), any loss
 CAM_KEYS = ("omega", "defect_class", "cam_score", "heat_sign", "omega_warmup_steps", "y_weighting", *SWAP_KEYS)
@@ -43,12 +43,12 @@ def _options(kind: str, keys: tuple[str, ...], options: dict, **fixed) -> CEODOp
     return CEODOptions.from_kwargs(**{**fixed, **options})
 
 
-def _output(ce_i: Tensor, term_i: Tensor, contributes: Tensor, omega: float) -> CEODOutput:
-    """total = mean CE + ω·Σ term/N; od = mean term over contributing images."""
+def _output(ce_i: Tensor, term_i: Tensor, contributes: Tensor, omega: float, aoi_mask: Tensor) -> CEODOutput:
+    """total = mean CE + ω·Σ term/N_a (N_a: images with an AOI, as CEOD's); od = mean term over contributing
+    images."""
     term_i = torch.where(contributes, term_i, torch.zeros_like(term_i))
-    n = ce_i.shape[0]
     count = contributes.sum().clamp(min=1)
-    return CEODOutput(total=ce_i.mean() + omega * term_i.sum() / n, ce=ce_i.mean(), od=term_i.sum() / count,
+    return CEODOutput(total=ce_i.mean() + omega * term_i.sum() / annotated_count(aoi_mask), ce=ce_i.mean(), od=term_i.sum() / count,
                       overlap=torch.zeros_like(ce_i), contributes=contributes,
                       active=(contributes & (term_i > 0)).sum() / count)
 
@@ -89,12 +89,12 @@ class RRRLoss(AttributionLoss):
         ce_i = F.cross_entropy(_fp(logits), target, reduction="none")
         weight = (target == self.defect_class) if self.opts.y_weighting else torch.ones_like(target, dtype=torch.bool)
         if images is None or not images.requires_grad or not torch.is_grad_enabled():
-            return _output(ce_i, torch.zeros_like(ce_i), torch.zeros_like(weight), 0.0)  # eval: no input gradient
+            return _output(ce_i, torch.zeros_like(ce_i), torch.zeros_like(weight), 0.0, aoi_mask)  # eval: no input gradient
         if aoi_mask.shape[-2:] != images.shape[-2:]:
             raise ValueError(f"AOI mask {tuple(aoi_mask.shape)} does not match images {tuple(images.shape)}")
         term = input_gradient_penalty(logits, images, aoi_mask)
         annotated = aoi_mask.flatten(1).amax(dim=1) > 0  # B: an all-zero mask is "no AOI", not "all outside"
-        return _output(ce_i, term, weight & annotated, self.opts.omega_at(step))
+        return _output(ce_i, term, weight & annotated, self.opts.omega_at(step), aoi_mask)
 
 
 class EnergyLoss(AttributionLoss):
@@ -111,7 +111,7 @@ class EnergyLoss(AttributionLoss):
         valid = (total > 0) & (aoi_mask.sum(dim=(-2, -1)) > 0)
         share = inside.sum(dim=(-2, -1)) / torch.where(valid, total, torch.ones_like(total))
         weight = (target == self.defect_class) if self.opts.y_weighting else torch.ones_like(valid)
-        return _output(ce_i, 1.0 - share, valid & weight, self.opts.omega_at(step))
+        return _output(ce_i, 1.0 - share, valid & weight, self.opts.omega_at(step), aoi_mask)
 
 
 class BackgroundRandomizationLoss(AttributionLoss):
@@ -126,7 +126,7 @@ class BackgroundRandomizationLoss(AttributionLoss):
 
     def penalty(self, logits, target, heat, aoi_mask, images, step) -> CEODOutput:
         ce_i = F.cross_entropy(_fp(logits), target, reduction="none")
-        return _output(ce_i, torch.zeros_like(ce_i), torch.zeros_like(target, dtype=torch.bool), 0.0)
+        return _output(ce_i, torch.zeros_like(ce_i), torch.zeros_like(target, dtype=torch.bool), 0.0, aoi_mask)
 
 
 def randomize_background(images: Tensor, aoi_mask: Tensor, generator: torch.Generator | None = None) -> Tensor:

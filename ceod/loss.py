@@ -13,7 +13,11 @@ the heat, overlap = Σ A_d·A_gt* / min(Σ A_d, Σ A_gt*), and
 
     OD_log    = −ln clip_[ε, 1−ε](overlap)      (journal version, default)
     OD_linear = 1 − clip_[0, 1](overlap)        (workshop version)
-    CEOD      = (1/N) Σ_i [CE_i + ω · y_i · OD_i]
+    CEOD      = (1/N) Σ_i CE_i + ω · (1/N_a) Σ_{i annotated} y_i · OD_i
+
+N_a counts the images that have an AOI (a non-empty mask): with every image annotated (the papers) N_a = N
+and this is (1/N) Σ_i [CE_i + ω·y_i·OD_i]; with partial annotation (``data.mask_fraction``,
+``data.missing_masks=ce``: an all-zero mask) the mask term keeps the weight it has with every mask.
 
 An overlap that is undefined (empty AOI, all-zero heat) contributes OD = 0 and no gradient:
 the loss is finite for every input. All options live in one frozen :class:`CEODOptions`, validated once.
@@ -38,6 +42,11 @@ THRESHOLD_MODES = ("hard", "soft")
 OD_VARIANTS = ("log", "linear", "outside")
 CAM_SCORES = ("logit", "margin")
 RESOLUTIONS = ("image", "cam")
+
+
+def annotated_count(aoi_mask: Tensor) -> Tensor:
+    """N_a: how many of the B masks (B×H×W) are non-empty — the images with an AOI (≥ 1, so it can divide)."""
+    return (aoi_mask.flatten(1).amax(dim=1) > 0).sum().clamp(min=1)
 
 
 def filter_mask(mask: Tensor, kernel_size: int = 3, value: float = 0.5, normalize: str = "none") -> Tensor:
@@ -189,7 +198,7 @@ class CEODOptions:
 class CEODOutput:
     """``total`` is what to back-propagate; the rest are parts for logging."""
 
-    total: Tensor  # scalar: mean CE + ω · Σ y·OD / N
+    total: Tensor  # scalar: mean CE + ω · Σ y·OD / N_a (N_a: images with an AOI)
     ce: Tensor  # scalar: mean cross-entropy
     od: Tensor  # scalar: mean OD (or baseline penalty) over the images that contribute (0 when none do)
     overlap: Tensor  # B: per-image overlap coefficient (0 where undefined)
@@ -224,9 +233,8 @@ def ceod_loss(logits: Tensor, target: Tensor, heat: Tensor, aoi_mask: Tensor, op
         weight = (target == o.defect_class) if o.y_weighting else torch.ones_like(valid)
         contributes = valid & weight
         od_i = torch.where(contributes, od_i, torch.zeros_like(od_i))
-        n = logits.shape[0]
         ce = ce_i.mean()
-        total = ce + o.omega_at(step) * od_i.sum() / n
+        total = ce + o.omega_at(step) * od_i.sum() / annotated_count(aoi_mask)
         od = od_i.sum() / contributes.sum().clamp(min=1)
         # share of contributing images whose overlap lies inside (ε, 1−ε): the others get no OD gradient
         # (with the papers' unnormalised filter the overlap saturates at 1 early)

@@ -98,7 +98,8 @@ def test_options_a_baseline_does_not_take_are_config_errors(cls, bad):
 
 def test_images_without_a_mask_add_no_mask_term_in_any_loss():
     """A partially annotated batch: image 1 has an all-zero mask (not annotated). RRR, energy and CEOD add
-    nothing for it (before the fix RRR penalised its whole input gradient as "outside"); bg_random keeps it."""
+    nothing for it (before the fix RRR penalised its whole input gradient as "outside"), and their mask term is
+averaged over the 2 annotated images, not all 3 (it keeps its full-annotation weight); bg_random keeps it."""
     from ceod.loss import CEODLoss
 
     g = torch.Generator().manual_seed(1)
@@ -113,9 +114,53 @@ def test_images_without_a_mask_add_no_mask_term_in_any_loss():
     out = rrr(logits, target, mask, heat=torch.rand(3, 4, 4, dtype=torch.float64), images=xi)
     pen = input_gradient_penalty(logits, xi, mask)
     assert pen[1] > 0 and out.contributes.tolist() == [True, False, True]
-    expected = F.cross_entropy(logits, target) + 2.0 * (pen[0] + pen[2]) / 3
+    expected = F.cross_entropy(logits, target) + 2.0 * (pen[0] + pen[2]) / 2
     assert out.total.item() == pytest.approx(expected.item(), rel=1e-9)
     heat = torch.rand(3, 4, 4, dtype=torch.float64, generator=g)
     for loss in (EnergyLoss(), CEODLoss()):
         assert not loss(logits.detach(), target, mask, heat=heat).contributes[1]
+    # CEOD by hand: image 0 is the one defective annotated image; its OD is divided by N_a = 2, not N = 3
+    out = CEODLoss(omega=3.0)(logits.detach(), target, mask, heat=heat)
+    assert out.contributes.tolist() == [True, False, False] and out.od > 0
+    ce = F.cross_entropy(logits.detach(), target)
+    assert out.total.item() == pytest.approx(ce.item() + 3.0 * out.od.item() / 2, rel=1e-9)
+    assert torch.equal(BackgroundRandomizationLoss().prepare_inputs(x, torch.ones(2, 8, 8), torch.tensor([0, 1])), x)
+
+
+@pytest.mark.parametrize("cls,bad", [(RRRLoss, dict(tau=0.3)), (EnergyLoss, dict(filter_normalize="sum")),
+                                     (BackgroundRandomizationLoss, dict(omega=1.0)), (RRRLoss, dict(omega="x"))])
+def test_options_a_baseline_does_not_take_are_config_errors(cls, bad):
+    with pytest.raises(ConfigError, match=f"loss\\.{next(iter(bad))}"):
+        cls(**bad)
+
+
+def test_images_without_a_mask_add_no_mask_term_in_any_loss():
+    """A partially annotated batch: image 1 has an all-zero mask (not annotated). RRR, energy and CEOD add
+    nothing for it (before the fix RRR penalised its whole input gradient as "outside"), and their mask term is
+averaged over the 2 annotated images, not all 3 (it keeps its full-annotation weight); bg_random keeps it."""
+    from ceod.loss import CEODLoss
+
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(4, 4, dtype=torch.float64, generator=g)
+    x = torch.rand(3, 1, 4, 4, dtype=torch.float64, generator=g)
+    mask = torch.zeros(3, 4, 4, dtype=torch.float64)
+    mask[[0, 2], 1:3, 1:3] = 1
+    target = torch.tensor([1, 1, 0])
+    rrr = RRRLoss(omega=2.0)
+    xi = rrr.prepare_inputs(x, mask, target)
+    logits = _linear_model(w)(xi)
+    out = rrr(logits, target, mask, heat=torch.rand(3, 4, 4, dtype=torch.float64), images=xi)
+    pen = input_gradient_penalty(logits, xi, mask)
+    assert pen[1] > 0 and out.contributes.tolist() == [True, False, True]
+    expected = F.cross_entropy(logits, target) + 2.0 * (pen[0] + pen[2]) / 2
+    assert out.total.item() == pytest.approx(expected.item(), rel=1e-9)
+    heat = torch.rand(3, 4, 4, dtype=torch.float64, generator=g)
+    for loss in (EnergyLoss(), CEODLoss()):
+        assert not loss(logits.detach(), target, mask, heat=heat).contributes[1]
+    # CEOD by hand: only image 0 is defective and annotated; its OD counts once, over N_a = 2 images
+    ceod = CEODLoss(omega=3.0)
+    full, part = ceod(logits.detach(), target, mask, heat=heat), ceod(logits.detach(), target, mask[[0, 2]].repeat(1, 1, 1)[[0, 0, 1]] * torch.tensor([1.0, 0, 1])[:, None, None], heat=heat)
+    ce = F.cross_entropy(logits.detach(), target)
+    assert part.total.item() == pytest.approx(ce.item() + 3.0 * part.od.item() * 1 / 2, rel=1e-9)
+    assert full.total.item() == pytest.approx(part.total.item(), rel=1e-9)
     assert torch.equal(BackgroundRandomizationLoss().prepare_inputs(x, mask, target)[1], x[1])

@@ -227,3 +227,17 @@ def test_readme_loss_snippet_runs():
     exec(snippet, scope)  # noqa: S102  (our own documentation)
     assert torch.isfinite(scope["out"].total) and scope["loss_fn"].opts.outside_swap == "swap"
     assert any(p.grad is not None for p in scope["model"].parameters())
+
+
+def test_swap_partners_are_drawn_among_annotated_images_only():
+    """With partial annotation a partner without an AOI could paste a second product outside the image's AOI:
+    partners come from the annotated images; a fully annotated batch keeps a permutation."""
+    from ceod.attribution import annotated_partners
+
+    torch.manual_seed(0)
+    mask = torch.zeros(16, 8, 8)
+    mask[[2, 5, 11], 2:5, 2:5] = 1
+    for _ in range(20):
+        assert set(annotated_partners(mask).tolist()) <= {2, 5, 11}
+    full = annotated_partners(torch.ones(16, 8, 8))
+    assert sorted(full.tolist()) == list(range(16))
