@@ -3,8 +3,8 @@
     python experiments/bench_aoi_fit.py                       # both models, both data sets
     python experiments/bench_aoi_fit.py --models net --data photos --steps 600
 
-Data with a known AOI: the synthetic zipper set (128 px, ``ceod.data.synthetic``) and MVTec-like zipper
-photos (256 px, bent zippers, background margins; ``ceod.data.zipper_photos``). 8 masks are "drawn"
+Data with a known AOI: the synthetic zipper set (128 px, ``ceod.benchmarks.synthetic``) and MVTec-like zipper
+photos (256 px, bent zippers, background margins; ``ceod.benchmarks.zipper_photos``). 8 masks are "drawn"
 (copied from the truth, spread over the set); the command holds 2 of them out and prints their IoU;
 this script also scores every predicted mask against the truth. Wall time is the whole command
 (features or training, prediction, writing), on however many cores the machine gives it; the 1-minute
@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ceod.aoi import main as aoi_main
-from ceod.data.synthetic import config_for, generate
-from ceod.data.zipper_photos import make_photo
+from ceod.cli.aoi import main as aoi_main
+from ceod.benchmarks.synthetic import config_for, generate
+from ceod.benchmarks.zipper_photos import make_photo
 
 
 def synthetic(out: Path, n: int) -> tuple[Path, Path]:

@@ -8,7 +8,7 @@
 median duration of the write in such a child left alone], counted from the child's "starting" byte on a
 pipe: kill points spread over the whole write, a few after it. Then the file is loaded: epoch 0 (the old one
 survived), epoch 1 (the new one is complete) or unreadable / missing (truncated: the resume point is lost).
-Writers: ``atomic`` = :class:`ceod.checkpoint_io.AtomicCheckpointIO` (temp file in the same folder, fsync,
+Writers: ``atomic`` = :class:`ceod.training.checkpoint_io.AtomicCheckpointIO` (temp file in the same folder, fsync,
 rename); ``lightning`` = Lightning's ``TorchCheckpointIO`` (buffer → fsspec transaction: a temp file in the
 system temp folder, *moved* over the target — a copy when the run folder is on another file system);
 ``in_place`` = ``torch.save(ckpt, path)``. The run folder is ``--kill-dir`` (default ``/dev/shm``: a tmpfs, a
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from ceod.checkpoint_io import AtomicCheckpointIO
+from ceod.training.checkpoint_io import AtomicCheckpointIO
 
 
 def checkpoint(model: torch.nn.Module, epoch: int) -> dict:

@@ -4,7 +4,7 @@
     python experiments/bench_data.py --size 224 --source-size 1024 --epochs 4
     python experiments/bench_data.py --aoi-only                 # zipper AOI estimate, ms per 1024 px image
 
-The zipper AOI estimate (``ceod.data.zipper_aoi``, used by ``+experiment=mvtec_zipper`` without AOIs)
+The zipper AOI estimate (``ceod.aoi.zipper``, used by ``+experiment=mvtec_zipper`` without AOIs)
 is timed on one thread on generated 1024 px MVTec-like photos (target ≤ 50 ms per image), alone
 and with the PNG decode it needs.
 
@@ -34,9 +34,9 @@ import torch
 from PIL import Image
 
 from ceod.data.folder import FolderDataModule
-from ceod.data.synthetic import config_for, generate
+from ceod.benchmarks.synthetic import config_for, generate
 from ceod.data.transforms import batch_augment
-from ceod.loss import CEODLoss
+from ceod.core.losses.ceod import CEODLoss
 from ceod.models.custom_cnn import CustomCNN
 
 
@@ -104,8 +104,8 @@ def model_rate(size: int, batch: int, omega: float, device: torch.device, steps:
 def aoi_estimate_ms(n: int = 8, size: int = 1024) -> tuple[float, float]:
     """Median ms per image of the zipper AOI estimate on one thread: (estimate alone, decode + estimate)."""
     from ceod.data.samples import load_image
-    from ceod.data.zipper_aoi import estimate_zipper_aoi
-    from ceod.data.zipper_photos import make_photo
+    from ceod.aoi.zipper import estimate_zipper_aoi
+    from ceod.benchmarks.zipper_photos import make_photo
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -23,8 +23,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-import ceod.train
-from ceod.train import train
+import ceod.training.pipeline
+from ceod.training.pipeline import train
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -84,5 +84,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    assert ceod.train  # registers the config resolvers
+    assert ceod.training.pipeline  # registers the config resolvers
     main()

@@ -1,10 +1,10 @@
-"""Is ``ceod.predict`` as fast as the bare model? Images/s on CPU, same batch size, with and without heat maps.
+"""Is ``ceod.deploy.predict`` as fast as the bare model? Images/s on CPU, same batch size, with and without heat maps.
 
     python experiments/bench_predict.py                   # 512 images, 128 px, batch 32, custom CNN
     python experiments/bench_predict.py --ckpt run/checkpoints/last.ckpt --images DIR
 
 "bare forward": the network alone on batches already decoded, resized and normalised in memory (no
-grad). "predict": ``ceod.predict.predict`` end to end from the image files — decode, resize, normalise,
+grad). "predict": ``ceod.deploy.predict.predict`` end to end from the image files — decode, resize, normalise,
 forward, (Grad-CAM + overlay PNG per image), CSV — timed from the call to its return (the checkpoint
 and model loading included). Without ``--ckpt`` the checkpoint is an untrained custom CNN with an
 inference record (speed does not depend on the weights). Each variant runs ``--repeats`` times,
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ceod.data.synthetic import config_for, generate
-from ceod.models.inference import as_input, for_inference
-from ceod.predict import ImageFiles, build_model, find_images, load_checkpoint, predict
+from ceod.benchmarks.synthetic import config_for, generate
+from ceod.deploy.network import as_input, for_inference
+from ceod.deploy.predict import ImageFiles, build_model, find_images, load_checkpoint, predict
 
 
 def untrained_checkpoint(path: Path, size: int) -> Path:
@@ -65,7 +65,7 @@ def _sync(device: str) -> None:
 
 def predict_rate(ckpt: Path, images: str, out: Path, batch: int, heatmaps: bool, device: str = "cpu",
                  workers: int = 0) -> tuple[float, float]:
-    """(images/s, images per CPU-second) of ``ceod.predict`` end to end."""
+    """(images/s, images per CPU-second) of ``ceod.deploy.predict`` end to end."""
     t, cpu = time.perf_counter(), time.process_time()
     r = predict(str(ckpt), images, str(out), heatmaps=heatmaps, batch_size=batch, device=device, progress=False,
                 num_workers=workers)

@@ -28,7 +28,7 @@ def build(tmp: str, reliance: str):
     from hydra.utils import instantiate
     from omegaconf import open_dict
 
-    import ceod.train  # noqa: F401  (resolvers)
+    import ceod.training.pipeline  # noqa: F401  (resolvers)
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -35,7 +35,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from ceod.loss import CEODLoss
+from ceod.core.losses.ceod import CEODLoss
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "loss"
 

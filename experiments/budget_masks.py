@@ -43,7 +43,7 @@ def drawn_training_images(bench: str, fraction: float, mask_seed: int, data_dir:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
-    import ceod.train  # noqa: F401  (resolvers)
+    import ceod.training.pipeline  # noqa: F401  (resolvers)
     from study import BENCHMARKS
 
     overrides = [*BENCHMARKS[bench], f"paths.data_dir={data_dir.resolve()}", f"data.mask_fraction={fraction}",

@@ -1,6 +1,6 @@
 """Train several losses × seeds on one dataset and print test AUROC / accuracy / AOI energy.
 
-Each run is a real `ceod.train.train` call on the composed Hydra config (the same code path as
+Each run is a real `ceod.training.pipeline.train` call on the composed Hydra config (the same code path as
 `python -m ceod.train`), so the numbers are what a user gets. Example (the README's table):
 
     python experiments/compare_losses.py --data synthetic_zipper_decoy --losses ce ceod_paper \\
@@ -25,8 +25,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-import ceod.train  # noqa: F401  (registers resolvers)
-from ceod.train import train
+import ceod.training.pipeline  # noqa: F401  (registers resolvers)
+from ceod.training.pipeline import train
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 KEYS = ("test/auroc", "test/acc", "test/aoi_energy", "test/pointing_game", "val/auroc")

@@ -34,8 +34,8 @@ def train_or_load(bench: str, method: str, runs: Path, data_dir: Path) -> Path:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    import ceod.train  # noqa: F401
-    from ceod.train import train
+    import ceod.training.pipeline  # noqa: F401
+    from ceod.training.pipeline import train
 
     overrides = [*study.BENCHMARKS[bench], *study.METHODS[method], "seed=0", *study.COMMON]
     GlobalHydra.instance().clear()
@@ -55,7 +55,7 @@ def test_batch(bench: str, data_dir: Path, n: int) -> dict:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
-    import ceod.train  # noqa: F401  (resolvers)
+    import ceod.training.pipeline  # noqa: F401  (resolvers)
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -80,7 +80,7 @@ def draw(rows: dict[str, tuple[np.ndarray, np.ndarray]], images: np.ndarray, mas
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ceod.figures import overlay
+    from ceod.deploy.figures import overlay
 
     n = images.shape[0]
     fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 1.75 * len(rows)), squeeze=False)
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, default=ROOT / "outputs" / "heatmap_figure")
     p.add_argument("--data-dir", type=Path, default=ROOT / "data" / "study")
     a = p.parse_args(argv)
-    from ceod.module import CEODModule
+    from ceod.training.module import CEODModule
 
     batch = test_batch(a.benchmark, a.data_dir, a.n)
     rows = {}

@@ -3,7 +3,7 @@
     python experiments/study.py run [--benchmarks ...] [--methods ...] [--seeds 0 1 2 3 4] [--workers 2]
     python experiments/study.py report          # tables (Markdown) from the JSON files
 
-Each cell is a real ``ceod.train.train`` call on the composed Hydra config — the code path of
+Each cell is a real ``ceod.training.pipeline.train`` call on the composed Hydra config — the code path of
 ``python -m ceod.train`` — with the overrides printed in the tables, so any cell can be re-run by hand:
 ``python -m ceod.train <benchmark overrides> <method overrides> seed=S``. A finished cell
 (``<out>/<benchmark>/<method>/seed<S>.json``) is never run again: kill the study and start it again to
@@ -34,7 +34,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "digits_decoy": ["data=decoy_digits"],
     "digits_control": ["data=decoy_digits_control"],
 }
-ZOO = ("ring", "bar", "stripes", "beside", "position", "shade")  # ceod.data.decoys.KINDS (issue 16's zoo)
+ZOO = ("ring", "bar", "stripes", "beside", "position", "shade")  # ceod.benchmarks.decoys.KINDS (issue 16's zoo)
 for _k in ZOO:
     for _c, _name in (("", "decoy"), ("_control", "control")):
         BENCHMARKS[f"digits_{_k}_{_name}"] = ["data=decoy_digits", f"data.variant=decoy_digits_{_k}{_c}"]
@@ -88,8 +88,8 @@ def run_cell(bench: str, method: str, seed: int, extra: list[str], data_dir: Pat
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    import ceod.train  # noqa: F401  (resolvers)
-    from ceod.train import train
+    import ceod.training.pipeline  # noqa: F401  (resolvers)
+    from ceod.training.pipeline import train
 
     overrides = [*BENCHMARKS[bench], f"seed={seed}", *COMMON, *METHODS[method], *extra]  # a method may change COMMON
     GlobalHydra.instance().clear()

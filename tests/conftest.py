@@ -14,8 +14,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-import ceod.train  # noqa: F401  (registers the run_id resolver)
-from ceod.data.synthetic import config_for, generate
+import ceod.training.pipeline  # noqa: F401  (registers the run_id resolver)
+from ceod.benchmarks.synthetic import config_for, generate
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 TINY = dict(n_good=24, n_defect=20, size=64)
@@ -106,7 +106,7 @@ def trained_run(tmp_path_factory):
     figures every epoch, CSV + TensorBoard + offline W&B loggers. → (run dir, results)."""
     import os
 
-    from ceod.train import train
+    from ceod.training.pipeline import train
 
     tmp = tmp_path_factory.mktemp("trained")
     old = {k: os.environ.get(k) for k in ("WANDB_MODE", "WANDB_SILENT")}

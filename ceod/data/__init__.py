@@ -1,1 +1,1 @@
-"""Datasets and DataModules. Submodules import Lightning; ``ceod.data.synthetic`` needs only numpy/PIL."""
+"""Datasets and DataModules. Submodules import Lightning; ``ceod.benchmarks.synthetic`` needs only numpy/PIL."""

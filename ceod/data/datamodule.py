@@ -1,6 +1,6 @@
 """The one DataModule: given a discovery source, it validates, caches and serves (image, AOI mask, label) batches.
 
-``setup`` asks the source (:mod:`ceod.data.discovery`: a folder tree, a generated benchmark, MVTec AD) for its
+``setup`` asks the source (:mod:`ceod.data.sources`: a folder tree, a generated benchmark, MVTec AD) for its
 samples, checks them (:mod:`ceod.data.validate`: a problem is one DataError line, nothing is half-loaded),
 writes the final samples to ``manifest_out/data_manifest.csv`` (image, mask, label, split, the source's audit
 columns — feed it back as ``data.manifest`` to reuse the exact split) and builds the
@@ -30,13 +30,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
 from ceod.data.dataset import SegmentedImageDataset, size2
-from ceod.data.discovery import Context, FolderTree, Found, Source, write_data_manifest
+from ceod.data.sources import Context, FolderTree, Found, Source, write_data_manifest
 from ceod.data.masks import MaskNoise, check_annotated, check_fraction, drop_masks, mask_counts, parse_noise
 from ceod.data.samples import SPLITS
 from ceod.data.transforms import Augment
 from ceod.data.validate import Checks
 from ceod.errors import ConfigError
-from ceod.log import info
+from ceod.console import info
 
 MANIFEST_NAME = "data_manifest.csv"
 

@@ -11,6 +11,7 @@ older than a day) is removed by the next writer of OUT.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import shutil
 import socket
@@ -19,6 +20,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from ceod.errors import DataError
 
 CLASS_DIRS = {0: "good", 1: "defect"}
 
@@ -129,7 +132,6 @@ def fsync_path(path: Path) -> None:
 
 def require_empty(out: Path, overwrite: bool = False, flag: str = "--overwrite") -> None:
     """Raise a DataError when ``out`` exists and is not empty (unless ``overwrite``)."""
-    from ceod.errors import DataError
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -144,3 +146,25 @@ def write_manifest(path: Path, rows: list[dict], fields: list[str]) -> None:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
+
+
+def prepare_out(out: str | Path) -> tuple[Path, bool]:
+    """Create ``out`` and prove it writable (a temp file), before any work → (out, whether it was created)."""
+    out = Path(out)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise DataError(f"output folder not writable: {out} ({e.strerror or e})") from None
+    return out, created
+
+
+def write_csv(path: Path, header: list[str], rows: list) -> Path:
+    """A CSV written whole (temp file + rename)."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))

@@ -1,6 +1,6 @@
 """Validation of discovered samples, before training: → a :class:`Report`, or one DataError line.
 
-:class:`Checks` holds the policies; :meth:`Checks.run` checks a source's :class:`~ceod.data.discovery.Found`:
+:class:`Checks` holds the policies; :meth:`Checks.run` checks a source's :class:`~ceod.data.sources.Found`:
 
 * missing mask → error (``mask_dir: null`` trains without masks: CE only), also when a manifest leaves the
   ``mask`` cell of some rows empty; ``missing_masks: ce`` accepts both: those images train with CE only
@@ -38,12 +38,12 @@ from ceod.data.samples import (
     to_image_tensor,
 )
 from ceod.errors import ConfigError, DataError
-from ceod.log import info
+from ceod.console import info
 
 MISSING_MASKS = ("error", "ce")
 
 if TYPE_CHECKING:
-    from ceod.data.discovery import Found
+    from ceod.data.sources import Found
 
 
 def first(items: list, k: int = 3) -> str:

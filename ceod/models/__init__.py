@@ -5,5 +5,5 @@ A model whose head is "global average pool → linear" exposes that linear weigh
 
 Inputs are the pixels the data gives; a pretrained timm model normalises them itself (buffers
 ``input_mean``/``input_std``). Pure PyTorch + timm: no Lightning or Hydra import here; messages go
-to the ``logging`` module (printed as ``[ceod] …`` in a training run by :mod:`ceod.log`).
+to the ``logging`` module (printed as ``[ceod] …`` in a training run by :mod:`ceod.console`).
 """

