@@ -24,7 +24,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from ceod.checkpoint_io import StorageError, remove_stale_temporaries, write_atomically
 from ceod.data.generated import generator_tag
 from ceod.errors import CeodError, ConfigError
-from ceod.faults import SIGTERM_EXIT, Preemption, environment_error, worker_message
+from ceod.faults import SIGTERM_EXIT, Preemption, environment_error, progress, worker_message
 from ceod.log import echo, info, log_to_file
 from ceod.resume import resume_checkpoint
 from ceod.run import RunState, config_record, failure_marker, is_rank_zero, run_id
@@ -85,7 +85,7 @@ def _start(cfg: DictConfig) -> tuple[Path, dict, str | None, dict | None]:
     if not cfg.get("train", True) and cfg.get("test", True) and ckpt_path is None:
         raise ConfigError("train=false tests a trained model: set ckpt_path=/path/to/checkpoint.ckpt")
     if ckpt is not None and cfg.get("train", True):
-        info(f"resuming from {ckpt_path} (epoch {ckpt.get('epoch', '?')} done)")
+        info(f"resuming from {ckpt_path} ({progress(ckpt)})")
     return out_dir, record, ckpt_path, ckpt
 
 

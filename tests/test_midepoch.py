@@ -1,0 +1,90 @@
+"""The pieces of an exact mid-epoch resume (``ceod.midepoch``) and of the background checkpoint commit
+(``ceod.checkpoint_io``), on real loaders and files. The end-to-end SIGTERM case: ``tests/test_faults.py``."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ceod.checkpoint_io import AtomicCheckpointIO, StorageError
+from ceod.errors import ConfigError
+from ceod.midepoch import ResumableLoader
+
+
+class Noisy(Dataset):
+    """Items that draw from torch's global generator, as the loader-side augmentation does."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int):
+        return torch.tensor(float(i)), torch.rand(())
+
+
+def _train(loader, steps: int | None = None, prefetched=None):
+    """Lightning's order of draws: fetch one batch ahead, then a "step" that draws too → the batches and step
+    draws seen; with ``steps`` it stops after that many steps (and returns the still open iterator)."""
+    it = prefetched if prefetched is not None else iter(loader)
+    seen, nxt = [], next(it, None)
+    while nxt is not None and (steps is None or len(seen) < steps):
+        batch, nxt = nxt, next(it, None)
+        seen.append((batch[0].tolist(), batch[1].tolist(), torch.rand(()).item()))
+    return seen, it
+
+
+def test_resumable_loader_keeps_the_order_and_resumes_at_a_batch_with_the_same_draws():
+    """Same permutation as DataLoader(shuffle=True) for the same seed; stopped after 2 of 4 batches and saved,
+    a new loader restored from the state yields the other batches with the same random draws (data and steps),
+    also when the global generator was disturbed in between; a state saved without a mark resumes nothing."""
+    torch.manual_seed(3)
+    plain, _ = _train(DataLoader(Noisy(), batch_size=3, shuffle=True))
+    torch.manual_seed(3)
+    full, _ = _train(ResumableLoader(Noisy(), batch_size=3, shuffle=True))
+    assert full == plain and len(full) == 4
+
+    torch.manual_seed(3)
+    loader = ResumableLoader(Noisy(), batch_size=3, shuffle=True)
+    head, _ = _train(loader, steps=2)
+    loader.mark(2)
+    state = loader.state_dict()
+    loader.mark(None)
+    assert head == full[:2] and state["position"]["batches"] == 2 and loader.state_dict() == {"position": None}
+
+    torch.manual_seed(99)  # a new process: another random state until the loader restores its own
+    again = ResumableLoader(Noisy(), batch_size=3, shuffle=True)
+    again.load_state_dict(state)
+    tail, _ = _train(again)
+    assert tail == full[2:]
+    again.load_state_dict({"position": None})
+    torch.manual_seed(3)
+    assert _train(again)[0] == full  # an unmarked state (an epoch-end checkpoint): a whole new epoch
+    with pytest.raises(ConfigError, match="batch size 3, not 4: resume with that data.batch_size"):
+        ResumableLoader(Noisy(), batch_size=4, shuffle=True).load_state_dict(state)
+
+
+def test_background_commit_order_failure_and_fsync_false(tmp_path):
+    """Saves return before their fsync + rename; the queue keeps their order, a removal waits behind them, a
+    load or ``wait`` sees them done; a commit that fails in the background (the target is a folder) raises a
+    one-line StorageError at the next wait and leaves no temporary file; ``fsync=False`` renames in the call."""
+    io = AtomicCheckpointIO()
+    a, b = tmp_path / "a.ckpt", tmp_path / "b.ckpt"
+    io.save_checkpoint({"epoch": 0, "w": torch.ones(3)}, a)
+    io.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, a)
+    io.save_checkpoint({"epoch": 2, "w": torch.ones(3)}, b)
+    io.remove_checkpoint(a)
+    assert io.load_checkpoint(b)["epoch"] == 2 and not a.exists()
+    (tmp_path / "c.ckpt").mkdir()
+    io.save_checkpoint({"epoch": 3}, tmp_path / "c.ckpt")
+    with pytest.raises(StorageError) as err:
+        io.wait()
+    assert str(err.value).startswith(f"cannot write checkpoint (epoch 3) {tmp_path / 'c.ckpt'}: ")
+    assert "\n" not in str(err.value) and sorted(os.listdir(tmp_path)) == ["b.ckpt", "c.ckpt"]
+    io.teardown()
+    assert io._worker is None
+
+    quick = AtomicCheckpointIO(fsync=False)
+    quick.save_checkpoint({"epoch": 4}, a)
+    assert torch.load(a, weights_only=False)["epoch"] == 4 and quick._worker is None
