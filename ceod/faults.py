@@ -164,7 +164,8 @@ class Preemption(Callback):
         if not (trainer.training and 0 < done < total and last is not None and not trainer.fast_dev_run
                 and loaders and all(getattr(dl, "resumable", False) for dl in loaders)):
             return False
-        self._saving = {"batches": done, "num_batches": total, "results": epoch_results(trainer)}
+        self._saving = {"batches": done, "num_batches": total, "results": epoch_results(trainer),
+                        "step": loop.epoch_loop._batches_that_stepped}  # rows logged from here on are the rerun's
         for dl in loaders:
             dl.mark(done)
         try:

@@ -97,7 +97,8 @@ def _loggers_and_callbacks(cfg: DictConfig, record: dict, resumed: dict | None) 
     loggers = [instantiate_at(cfg, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c is not None]
     for lg in loggers:
         if resumed is not None and hasattr(lg, "resume_after"):
-            lg.resume_after(int(resumed.get("epoch", -1)), resumed.get("ceod_run", {}).get("epoch_log"))
+            lg.resume_after(int(resumed.get("epoch", -1)), resumed.get("ceod_run", {}).get("epoch_log"),
+                            (resumed.get("ceod_resume") or {}).get("step"))
     callbacks = [instantiate_at(cfg, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items()
                  if c is not None]
     return loggers, callbacks + [RunState(cfg.seed, record), Preemption()]

@@ -88,3 +88,18 @@ def test_background_commit_order_failure_and_fsync_false(tmp_path):
     quick = AtomicCheckpointIO(fsync=False)
     quick.save_checkpoint({"epoch": 4}, a)
     assert torch.load(a, weights_only=False)["epoch"] == 4 and quick._worker is None
+
+
+def test_metrics_rows_logged_after_a_mid_epoch_resume_point_are_dropped(tmp_path):
+    """Resumed from a mid-epoch checkpoint of epoch 1 at step 6 (a run that resumed there and was killed later
+    had logged steps 6 and 7): the rows of epoch 1 before step 6 stay, the later ones go."""
+    from ceod.loggers import CSVLogger
+
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "metrics.csv").write_text("epoch,step,train/loss_step,val/auroc\n0,3,,0.5\n1,4,0.9,\n"
+                                                  "1,6,0.8,\n1,7,,0.6\n")
+    log = CSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    log.resume_after(1, None, before_step=6)
+    log.save()
+    rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    assert rows == ["epoch,step,train/loss_step,val/auroc", "0,3,,0.5", "1,4,0.9,"]
