@@ -10,10 +10,10 @@
   the current batch (``SIGTERMException``); inside a training epoch this callback then saves ``last.ckpt``
   *at that batch* (the loader's position, the random states and the epoch's running means with it:
   :mod:`ceod.midepoch`), waits until it is durable, and says where the run stopped and what the rerun resumes
-  from. The rerun continues from that batch and ends like an uninterrupted run. Stopped elsewhere (during
-  validation or testing, before the first batch, after the last one, under DDP), the resume point stays the
-  last finished epoch's ``last.ckpt`` and the rerun repeats the interrupted epoch from its start. The run
-  then exits with :data:`SIGTERM_EXIT` and no ``FAILED`` marker.
+  from. The rerun continues from that batch and ends like an uninterrupted run. Stopped elsewhere (in an
+  epoch's last batch or its validation, in testing, under DDP, or where the write fails), the resume point
+  stays the last finished epoch's ``last.ckpt`` and the rerun repeats the interrupted epoch from its start.
+  The run then exits with :data:`SIGTERM_EXIT` and no ``FAILED`` marker.
 """
 
 from __future__ import annotations
