@@ -184,8 +184,7 @@ def overhead(models_: dict, folder: Path, repeats: int, gap: float) -> dict:
         for stat, fn in (("median", statistics.median), ("min", min)):
             row = {n: round(1000 * fn(t), 2) for n, t in times.items()}
             out[mname][stat] = row
-            rel = {n: 100 * (row[n] / row[base] - 1) for n, base in (("atomic", "lightning"), ("atomic_sync", "lightning"),
-                                                                      ("atomic_nofsync", "lightning"))}
+            rel = {n: 100 * (row[n] / row["lightning"] - 1) for n in ("atomic", "atomic_sync", "atomic_nofsync")}
             print(f"  {mname:<16}{size:6.1f} MB {stat:>6}: " + "  ".join(f"{n} {row[n]:.1f}" for n in times)
                   + " ms → vs lightning: " + ", ".join(f"{n} {v:+.1f} %" for n, v in rel.items())
                   + f"; atomic vs in_place {100 * (row['atomic'] / row['in_place'] - 1):+.1f} %", flush=True)

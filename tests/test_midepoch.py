@@ -112,7 +112,9 @@ def test_running_means_come_back_bitwise_also_for_a_metric_the_rest_of_the_epoch
     the epoch instead would differ in the last bit for these losses.)"""
     from types import SimpleNamespace
 
-    from lightning.pytorch.trainer.connectors.logger_connector.result import _ResultCollection
+    from lightning.pytorch.trainer.connectors.logger_connector.result import (
+        _ResultCollection,
+    )
 
     from ceod.midepoch import epoch_results, merge_results
 
