@@ -37,6 +37,7 @@ from ceod.data.transforms import Augment
 from ceod.data.validate import Checks
 from ceod.errors import ConfigError
 from ceod.console import info
+from ceod.data.resumable_loader import ResumableLoader
 
 MANIFEST_NAME = "data_manifest.csv"
 
@@ -56,8 +57,9 @@ class Loaders:
 
     def __call__(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         workers = self.num_workers
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=workers,
-                          pin_memory=self.pin_memory, persistent_workers=self.persistent_workers and workers > 0)
+        loader = ResumableLoader if shuffle else DataLoader  # the train loader: resumable mid-epoch (ceod.data.resumable_loader)
+        return loader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=workers,
+                      pin_memory=self.pin_memory, persistent_workers=self.persistent_workers and workers > 0)
 
 
 def make_source(source: Source | Callable[..., Source], root: str | None, options: dict) -> Source:

@@ -22,9 +22,10 @@ from ceod.training.checkpoint_io import StorageError, write_atomically
 from ceod.training.faults import RESUME_HINT
 
 
-def _complete_rows(path: str, keep_through: int) -> tuple[list[str], list[dict]]:
+def _complete_rows(path: str, keep_through: int, before_step: int | None = None) -> tuple[list[str], list[dict]]:
     """(columns, rows of epochs ≤ ``keep_through``) of ``metrics.csv``, without a row torn by a kill mid-append
-    (a last line with no newline) and without rows whose epoch does not parse."""
+    (a last line with no newline) and without rows whose epoch does not parse; ``before_step`` (a mid-epoch
+    resume point): of epoch ``keep_through`` only the rows logged before that step."""
     with open(path, newline="") as f:
         text = f.read()
     if not text.endswith("\n"):
@@ -35,7 +36,9 @@ def _complete_rows(path: str, keep_through: int) -> tuple[list[str], list[dict]]
         if None in r or None in r.values():  # a field too many or too few
             continue
         try:
-            if not r.get("epoch") or float(r["epoch"]) <= keep_through:
+            epoch = float(r["epoch"]) if r.get("epoch") else None
+            later = before_step is not None and epoch == keep_through and float(r.get("step") or 0) >= before_step
+            if epoch is None or (epoch <= keep_through and not later):
                 rows.append(r)
         except ValueError:
             continue
@@ -57,8 +60,9 @@ class _AppendingWriter(ExperimentWriter):
     """ExperimentWriter that keeps the rows of epochs ≤ ``keep_through`` (None: a fresh file); a failed write
     is a StorageError naming ``metrics.csv``."""
 
-    def __init__(self, log_dir: str, keep_through: int | None, pending: dict | None = None) -> None:
-        self.keep_through, self.pending = keep_through, pending
+    def __init__(self, log_dir: str, keep_through: int | None, pending: dict | None = None,
+                 before_step: int | None = None) -> None:
+        self.keep_through, self.pending, self.before_step = keep_through, pending, before_step
         super().__init__(log_dir=log_dir)
 
     def _check_log_dir_exists(self) -> None:  # Lightning's version deletes metrics.csv
@@ -68,7 +72,7 @@ class _AppendingWriter(ExperimentWriter):
         if self.keep_through is None:
             os.remove(path)
             return
-        keys, rows = _complete_rows(path, self.keep_through)
+        keys, rows = _complete_rows(path, self.keep_through, self.before_step)
         _restore_epoch_row(keys, rows, self.keep_through, self.pending)
         buffer = io.StringIO(newline="")
         writer = csv.DictWriter(buffer, fieldnames=keys)
@@ -98,16 +102,19 @@ class CSVLogger(_LightningCSVLogger):
         super().__init__(*args, flush_logs_every_n_steps=flush_logs_every_n_steps, **kwargs)
         self._keep_through: int | None = None
         self._pending: dict | None = None
+        self._before_step: int | None = None
 
-    def resume_after(self, epoch: int, epoch_log: dict | None = None) -> None:
+    def resume_after(self, epoch: int, epoch_log: dict | None = None, before_step: int | None = None) -> None:
         """Keep the rows of epochs ≤ ``epoch`` (the checkpoint's) already in ``metrics.csv``; ``epoch_log`` (the
-        checkpoint's ``ceod_run.epoch_log``) restores that epoch's training row if a kill lost it."""
-        self._keep_through, self._pending = int(epoch), epoch_log
+        checkpoint's ``ceod_run.epoch_log``) restores that epoch's training row if a kill lost it;
+        ``before_step`` (a mid-epoch checkpoint's ``ceod_resume.step``): of ``epoch``, only the rows logged
+        before the resume point (a run killed after resuming there had logged more)."""
+        self._keep_through, self._pending, self._before_step = int(epoch), epoch_log, before_step
 
     @property
     @rank_zero_experiment
     def experiment(self) -> _AppendingWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(self.log_dir, self._keep_through, self._pending)
+            self._experiment = _AppendingWriter(self.log_dir, self._keep_through, self._pending, self._before_step)
         return self._experiment

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from ceod.training.checkpoint_io import StorageError, remove_stale_temporaries, write_atomically
 from ceod.benchmarks.generated import generator_tag
 from ceod.errors import ConfigError
-from ceod.training.faults import SIGTERM_EXIT, Preemption
+from ceod.training.faults import SIGTERM_EXIT, Preemption, progress
 from ceod.console import echo, info, log_to_file
 from ceod.training.resume import resume_checkpoint
 from ceod.training.run_dir import RunState, config_record, failure_marker, is_rank_zero, run_id
@@ -59,7 +59,7 @@ def _start(cfg: DictConfig) -> tuple[Path, dict, str | None, dict | None]:
     if not cfg.get("train", True) and cfg.get("test", True) and ckpt_path is None:
         raise ConfigError("train=false tests a trained model: set ckpt_path=/path/to/checkpoint.ckpt")
     if ckpt is not None and cfg.get("train", True):
-        info(f"resuming from {ckpt_path} (epoch {ckpt.get('epoch', '?')} done)")
+        info(f"resuming from {ckpt_path} ({progress(ckpt)})")
     return out_dir, record, ckpt_path, ckpt
 
 
@@ -71,7 +71,8 @@ def _loggers_and_callbacks(cfg: DictConfig, record: dict, resumed: dict | None) 
     loggers = [instantiate_at(cfg, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c is not None]
     for lg in loggers:
         if resumed is not None and hasattr(lg, "resume_after"):
-            lg.resume_after(int(resumed.get("epoch", -1)), resumed.get("ceod_run", {}).get("epoch_log"))
+            lg.resume_after(int(resumed.get("epoch", -1)), resumed.get("ceod_run", {}).get("epoch_log"),
+                            (resumed.get("ceod_resume") or {}).get("step"))
     callbacks = [instantiate_at(cfg, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items()
                  if c is not None]
     return loggers, callbacks + [RunState(cfg.seed, record), Preemption()]

@@ -8,9 +8,10 @@ state too), newest first. The first one that is readable, saved at an epoch end 
 * an unreadable one (truncated, zero bytes, not a checkpoint) is named in a warning and moved aside as
   ``NAME.corrupt`` (:func:`move_aside`), and the next candidate is tried; the log says which one is used and
   from which epoch;
-* one saved mid-epoch (Lightning's SIGUSR1 handler under sbatch) is skipped: without a resumable data loader
-  Lightning cannot continue an epoch where it stopped, so the epoch restarts from its beginning — exactly
-  what an uninterrupted run computes;
+* one saved at a batch boundary by :class:`ceod.training.faults.Preemption` (SIGTERM mid-epoch: it holds the loader's
+  position and the random states, :mod:`ceod.data.resumable_loader`) is resumed from that batch; one saved mid-epoch
+  otherwise (Lightning's SIGUSR1 handler under sbatch, inside a step) is skipped: the epoch restarts from its
+  beginning — exactly what an uninterrupted run computes;
 * checkpoints of epochs after the chosen one are removed (:func:`prune_after`): the resumed run writes them
   again, and a stale one would block its file name (or, for ``hpc_ckpt_*``, be resumed by Lightning itself);
 * nothing usable although there were checkpoints (all unreadable, or only ``*.corrupt`` ones left): a fresh
@@ -98,7 +99,7 @@ def _usable(path: Path, note) -> tuple[dict | None, str]:
         moved = move_aside(path)
         note(f"warning: {e}; " + (f"moved aside as {moved.name}" if moved else "left in place"))
         return None, "unreadable"
-    if not ckpt.get("ceod_run", {}).get("epoch_end", True):
+    if not ckpt.get("ceod_run", {}).get("epoch_end", True) and "ceod_resume" not in ckpt:
         note(f"skipping {path} (saved mid-epoch {ckpt.get('epoch', '?')}: that epoch restarts from its beginning)")
         return None, "mid-epoch"
     return ckpt, "ok"

@@ -131,6 +131,8 @@ class RunState(Callback):
     dropout follow from it): at fit start for the first epoch of this process (fresh or resumed — the
     iterator is made before ``on_train_epoch_start`` there), at ``on_train_epoch_start`` for the others.
     Exact for ``num_workers=0`` or non-persistent workers (persistent workers keep their RNG across epochs).
+    Resumed inside an epoch (a SIGTERM resume point), that epoch's seeding is replayed and the loader then
+    restores its position and the random states (:mod:`ceod.data.resumable_loader`).
     """
 
     def __init__(self, seed: int, record: dict) -> None:
@@ -163,7 +165,9 @@ class RunState(Callback):
         self._epoch_end = batch_idx + 1 >= trainer.num_training_batches
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        self._start_epoch = int(checkpoint.get("epoch", -1)) + 1  # checkpoints are written at epoch ends
+        mid = "ceod_resume" in checkpoint  # saved inside its epoch (ceod.training.faults.Preemption): that epoch goes on
+        self._start_epoch = int(checkpoint.get("epoch", -1)) + (0 if mid else 1)
+        self._epoch_end = not mid
 
     def on_fit_start(self, trainer, pl_module) -> None:
         seed_epoch(self.seed, self._start_epoch)

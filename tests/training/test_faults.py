@@ -116,8 +116,9 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
 def test_sigkill_mid_write_then_sigterm_mid_epoch_lose_nothing(lab, reference):
     """1. SIGKILL while epoch 1's last.ckpt is being written (slowed), once its temporary file has bytes:
     last.ckpt still holds epoch 0, complete. 2. The rerun removes the temporary and resumes from epoch 0; it is
-    sent SIGTERM after its first step of epoch 1 (steps slowed to 0.15 s): one line saying where it stopped
-    and the resume point, exit 143, no FAILED marker. 3. The next rerun ends like the uninterrupted run."""
+    sent SIGTERM after its first step of epoch 1 (steps slowed to 0.15 s): it saves last.ckpt at that batch,
+    says where it stopped and the resume point in one line, exit 143, no FAILED marker. 3. The next rerun
+    continues from that batch and ends like the uninterrupted run."""
     out = lab.root / "killed"
     last = out / "checkpoints" / "last.ckpt"
     proc = lab.start(out, faults={"CEOD_FAULT_MATCH": ".last.ckpt.tmp-", "CEOD_FAULT_SKIP": "1",
@@ -136,12 +137,38 @@ def test_sigkill_mid_write_then_sigterm_mid_epoch_lose_nothing(lab, reference):
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr[-3000:]
     assert "resuming from" in stdout and "last.ckpt (epoch 0 done)" in stdout, stdout
-    assert re.search(r"stopped by SIGTERM \(train, epoch 1, after batch [1-3] of 4\); resume point: \S+last\.ckpt "
-                     r"\(epoch 0 done\)", stdout), stdout
+    stop = re.search(r"stopped by SIGTERM \(train, epoch 1, after batch ([1-3]) of 4\); resume point: \S+last\.ckpt "
+                     r"\(epoch 1, ([1-3]) of 4 batches done\)", stdout)
+    assert stop and stop[1] == stop[2], stdout
     assert "Traceback" not in stderr and not (out / "FAILED").exists()
-    assert assert_complete(out)["last.ckpt"] == 0  # every checkpoint complete, the temporary gone
+    assert assert_complete(out)["last.ckpt"] == 1  # every checkpoint complete, the temporary gone
 
     resumed = lab.run(out)
+    assert f"resuming from {last} (epoch 1, {stop[1]} of 4 batches done)" in resumed.stdout, resumed.stdout
+    assert_same_as(reference, resumed, out)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_saves_that_batch_and_the_rerun_ends_bitwise_alike(lab, reference):
+    """SLURM preemption without --signal: SIGTERM two steps into epoch 1 of a fresh run (steps slowed to 0.3 s;
+    augmentation in the loader and the swap partners draw random numbers). last.ckpt then holds epoch 1 at the
+    batch where Lightning stopped — the loader's position and the random states with it — and the rerun
+    continues from there: the same weights, metrics.csv rows (the epoch's running means included) and test
+    table as the uninterrupted run, bitwise."""
+    out, steps = lab.root / "preempted", lab.root / "preempted-steps.txt"
+    proc = lab.start(out, faults={"CEOD_FAULT_SLOW_STEP": "0.3", "CEOD_FAULT_STEP_FILE": str(steps)})
+    _wait_for(lambda: steps.is_file() and len(steps.read_text().splitlines()) >= 6, proc)  # 4 + 2 steps
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    done = ckpt["ceod_resume"]["batches"]
+    assert ckpt["epoch"] == 1 and 2 <= done <= 3 and ckpt["ceod_run"]["epoch_end"] is False, ckpt["ceod_resume"]
+    assert f"after batch {done} of 4); resume point: " in stdout and f"(epoch 1, {done} of 4 batches done)" in stdout
+    assert not (out / "FAILED").exists() and assert_complete(out)
+
+    resumed = lab.run(out)
+    assert f"(epoch 1, {done} of 4 batches done)" in resumed.stdout and "skipping" not in resumed.stdout
     assert_same_as(reference, resumed, out)
 
 
