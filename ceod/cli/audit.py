@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
         shown = ", ".join(f"{k} {v:.3f}" for k, v in s.items() if k.startswith(("outside", "aoi")) and v is not None)
         print(f"[ceod] audited {s['n']} image(s) with an AOI: {shown} → {a['out']}")
 
-    cli.run(go)
+    cli.run_command(go)
 
 
 if __name__ == "__main__":

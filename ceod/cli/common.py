@@ -56,7 +56,7 @@ def parse(argv: list[str], options: dict[str, tuple[type, Any]], positional: str
     return values
 
 
-def run(fn: Callable[[], Any]) -> Any:
+def run_command(fn: Callable[[], Any]) -> Any:
     """Run ``fn()``; a :class:`CeodError` prints one ``error:`` line and exits 2."""
     try:
         return fn()

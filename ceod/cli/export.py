@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
         checked = f" (max |Δ| vs PyTorch {r['max_abs_diff']:.1e})" if r["max_abs_diff"] is not None else ""
         print(f"[ceod] wrote {r['path']}{checked}")
 
-    cli.run(go)
+    cli.run_command(go)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
         r = predict(**a)
         print(f"[ceod] scored {r['n']} image(s) at threshold {r['threshold']:.4f} → {r['csv']}")
 
-    cli.run(go)
+    cli.run_command(go)
 
 
 if __name__ == "__main__":

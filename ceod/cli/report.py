@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
         print(r["markdown"])
         print(f"[ceod] {len(r['runs'])} run(s) → {', '.join(str(f) for f in r['files'])}")
 
-    cli.run(go)
+    cli.run_command(go)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``python -m ceod.train [+experiment=NAME] [key=value ...]``: Hydra's CLI around :func:`ceod.training.pipeline.run`,
+"""``python -m ceod.train [+experiment=NAME] [key=value ...]``: Hydra's CLI around :func:`ceod.training.pipeline.train_with_log`,
 with user errors reported on one ``error:`` line (exit 2) so that one sweep job fails alone.
 """
 
@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ceod import CONF_DIR
-from ceod.training.pipeline import run
+from ceod.training.pipeline import train_with_log
 from ceod.training.user_errors import one_line
 
 
@@ -30,7 +30,7 @@ def report_user_errors(fn):
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra task: train and test; user errors exit 2 with one line (so one sweep job fails alone)."""
-    results = report_user_errors(lambda: run(cfg))
+    results = report_user_errors(lambda: train_with_log(cfg))
     return results.get("best/val/auroc", results.get("val/auroc"))  # the value a sweeper optimises
 
 

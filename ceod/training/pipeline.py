@@ -26,7 +26,7 @@ from ceod.training.run_dir import RunState, config_record, failure_marker, is_ra
 from ceod.training.schema import validate
 from ceod.training.user_errors import describe, instantiate_at
 
-__all__ = ["train", "run"]
+__all__ = ["train", "train_with_log"]
 
 
 OmegaConf.register_new_resolver("run_id", run_id, replace=True)
@@ -164,7 +164,7 @@ def _save_config(cfg: DictConfig, path: Path) -> None:
         raise StorageError("the resolved config", path, e) from e
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
+def train_with_log(cfg: DictConfig) -> dict[str, float]:
     """:func:`train` with its log in ``<run dir>/train.log`` and the folder marked ``FAILED`` if it raises."""
     out_dir = Path(cfg.paths.output_dir)
     stop_log = log_to_file(out_dir / "train.log") if out_dir.is_dir() else (lambda: None)

@@ -265,8 +265,7 @@ def test_vanished_data_root_mid_run_is_one_line_and_resumes(tiny_cfg, micro_root
     data back, the same command resumes from epoch 0 and ends like an uninterrupted run."""
     import shutil
 
-    from ceod.training.pipeline import run
-
+    from ceod.training.pipeline import train_with_log
     from ceod.training.user_errors import one_line
 
     root = tmp_path / "data_copy"
@@ -276,14 +275,14 @@ def test_vanished_data_root_mid_run_is_one_line_and_resumes(tiny_cfg, micro_root
     fault = f"+callbacks.vanish={{_target_:test_faults.DeleteAfterEpoch0,root:{root}}}"
     (tmp_path / "run").mkdir()
     with pytest.raises(Exception) as err:
-        run(tiny_cfg("run", *folder, fault))
+        train_with_log(tiny_cfg("run", *folder, fault))
     line = one_line(err.value)
     assert line is not None and line.startswith(f"image not found: {root}") and "\n" not in line, line
     assert line in (tmp_path / "run" / "FAILED").read_text()
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
     shutil.copytree(micro_root, root)
     capsys.readouterr()
-    resumed = run(tiny_cfg("run", *folder, fault))
+    resumed = train_with_log(tiny_cfg("run", *folder, fault))
     assert "last.ckpt (epoch 0 done)" in capsys.readouterr().out
     full = train(tiny_cfg("full", *folder))
     assert not (tmp_path / "run" / "FAILED").exists()

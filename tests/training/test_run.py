@@ -16,7 +16,7 @@ from omegaconf import open_dict
 
 from ceod.errors import ConfigError
 from ceod.training.run_dir import read_checkpoint, run_id
-from ceod.training.pipeline import run, train
+from ceod.training.pipeline import train, train_with_log
 from ceod.training.user_errors import one_line
 
 
@@ -132,12 +132,12 @@ def test_failed_run_is_marked_and_train_log_holds_the_log(tiny_cfg, tmp_path):
     out = tmp_path / "bad"
     out.mkdir()
     with pytest.raises(ConfigError):
-        run(tiny_cfg("bad", "optimizer.lr=-1"))
+        train_with_log(tiny_cfg("bad", "optimizer.lr=-1"))
     assert "optimizer.lr=-1" in (out / "FAILED").read_text()
     assert "optimizer.lr=-1" in (out / "train.log").read_text()
     good = tmp_path / "good"
     good.mkdir()
-    run(tiny_cfg("good", "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+    train_with_log(tiny_cfg("good", "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
                  "trainer.limit_test_batches=1"))
     log = (good / "train.log").read_text()
     assert not (good / "FAILED").exists()
