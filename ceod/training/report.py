@@ -4,8 +4,9 @@ Finds every run below the folder (a ``csv/metrics.csv`` beside a ``config.yaml``
 submitit/SLURM sweeps and single runs alike). Per dataset, one table of the final val/test metrics
 (the last logged value of each) with the swept config values (those that differ between the runs'
 ``.hydra/overrides.yaml``) as columns, mean ± std over the seed keys. Writes ``report.md``,
-``report.csv`` and plots: ``report_<dataset>_omega.png`` (test AUROC and AOI energy against ω, one
-line per model/regime) and ``report_<dataset>_ce_vs_ceod.png`` (one bar per loss per model/regime).
+``report.csv`` (one column per swept key, named by the key: ``loss``, ``loss.omega``…) and plots:
+``report_<dataset>_omega.png`` (test AUROC and AOI energy against ω, one line per model/regime) and
+``report_<dataset>_ce_vs_ceod.png`` (one bar per loss per model/regime).
 All files are built first and then written whole (temp file + rename).
 """
 
@@ -121,10 +122,11 @@ def group_runs(runs: list[Run], seed_keys: tuple[str, ...]) -> tuple[list[str], 
 def tables(runs: list[Run], seed_keys: tuple[str, ...]) -> tuple[str, list[list[str]]]:
     """(report.md text, report.csv rows incl. header)."""
     md = ["# Report", ""]
-    header = ["dataset", "swept", "n_runs", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")), "runs"]
+    datasets = {d: [r for r in runs if r.dataset == d] for d in sorted({r.dataset for r in runs})}
+    swept_keys = sorted({k for part in datasets.values() for k in group_runs(part, seed_keys)[0]})
+    header = ["dataset", *swept_keys, "n_runs", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")), "runs"]
     rows: list[list[str]] = [header]
-    for dataset in sorted({r.dataset for r in runs}):
-        part = [r for r in runs if r.dataset == dataset]
+    for dataset, part in datasets.items():
         swept, groups = group_runs(part, seed_keys)
         shown = [m for m in SHOWN if any(m in r.metrics for r in part)]
         md += [f"## {dataset}", "", f"{len(part)} run(s); mean ± std over {', '.join(seed_keys)} (n runs per row).", ""]
@@ -138,8 +140,11 @@ def tables(runs: list[Run], seed_keys: tuple[str, ...]) -> tuple[str, list[list[
                 vals = [r.metrics[m] for r in members if m in r.metrics]
                 stats += [f"{statistics.mean(vals):.8g}" if vals else "",
                           f"{statistics.stdev(vals):.8g}" if len(vals) > 1 else ""]
-            swept_text = " ".join(f"{k}={v}" for k, v in zip(swept, values))
-            rows.append([dataset, swept_text, str(len(members)), *stats, ";".join(str(r.path) for r in members)])
+            # one column per key swept in any dataset (pandas pivots on them); a key this dataset does not sweep
+            # holds its one common value
+            given = dict(zip(swept, values))
+            cells = [given.get(k, members[0].overrides.get(k, "")) for k in swept_keys]
+            rows.append([dataset, *cells, str(len(members)), *stats, ";".join(str(r.path) for r in members)])
         md.append("")
     return "\n".join(md), rows
 

@@ -47,8 +47,8 @@ def test_report_pools_seeds_and_plots(tmp_path):
     assert len(r["runs"]) == 6
     with open(tmp_path / "sweep" / "report.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [row["swept"] for row in rows] == ["loss=ce loss.omega=0.0", "loss=ceod loss.omega=0.001",
-                                              "loss=ceod loss.omega=0.1"]
+    assert list(rows[0])[:4] == ["dataset", "loss", "loss.omega", "n_runs"]  # one column per swept key
+    assert [(row["loss"], row["loss.omega"]) for row in rows] == [("ce", "0.0"), ("ceod", "0.001"), ("ceod", "0.1")]
     assert float(rows[1]["test/auroc_mean"]) == pytest.approx(0.88)
     assert float(rows[1]["test/auroc_std"]) == pytest.approx(statistics.stdev([0.86, 0.90]))
     assert float(rows[1]["val/auroc_mean"]) == pytest.approx(0.87) and rows[1]["n_runs"] == "2"
@@ -59,6 +59,22 @@ def test_report_pools_seeds_and_plots(tmp_path):
         with Image.open(tmp_path / "sweep" / name) as im:
             im.verify()
         assert f"]({name})" in md
+
+
+def test_report_csv_has_a_column_per_key_swept_in_any_dataset(tmp_path):
+    """Keys swept in one dataset only: a column for each; a dataset that does not sweep a key holds its value."""
+    for n, (variant, over) in enumerate([("zip", ["loss=ce", "lr=0.1"]), ("zip", ["loss=ceod", "lr=0.1"]),
+                                         ("dig", ["loss=ce", "lr=0.1"]), ("dig", ["loss=ce", "lr=0.2"])]):
+        _fake_run(tmp_path / "sweep" / str(n), over, "ce", 0.0, 0.8, 0.2)
+        cfg = OmegaConf.load(tmp_path / "sweep" / str(n) / "config.yaml")
+        cfg.data.variant = variant
+        OmegaConf.save(cfg, tmp_path / "sweep" / str(n) / "config.yaml")
+    report(str(tmp_path / "sweep"))
+    with open(tmp_path / "sweep" / "report.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:4] == ["dataset", "loss", "lr", "n_runs"]
+    assert [(r["dataset"], r["loss"], r["lr"]) for r in rows] == [("dig", "ce", "0.1"), ("dig", "ce", "0.2"),
+                                                                  ("zip", "ce", "0.1"), ("zip", "ceod", "0.1")]
 
 
 def test_no_runs_is_one_line_and_writes_nothing(tmp_path, capsys):
@@ -82,7 +98,7 @@ def test_report_on_a_real_two_job_multirun(run_cli, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     with open(tmp_path / "sweep" / "report.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [row["swept"] for row in rows] == ["loss=ce", "loss=ceod"]
+    assert [row["loss"] for row in rows] == ["ce", "ceod"] and "swept" not in rows[0]
     assert all(row["n_runs"] == "1" and 0 <= float(row["test/auroc_mean"]) <= 1 for row in rows)
     assert (tmp_path / "sweep" / "report_synthetic_zipper_ce_vs_ceod.png").is_file()
     assert "| loss | n | test/auroc |" in (tmp_path / "sweep" / "report.md").read_text()
