@@ -140,6 +140,16 @@ class MVTecZipperSource:
         given = self.aoi_dir is not None or self.aoi_mask is not None
         self.rule = "geometry" if self.relabel == "geometry" or (self.relabel == "auto" and given) else "type"
 
+    @staticmethod
+    def check_root(data: dict) -> None:
+        """The paths of a data config (``data.root``, ``aoi_dir``, ``aoi_mask``), checked at start-up before
+        anything is built (:func:`ceod.training.schema.check_data_root`); a missing one is one DataError line."""
+        category_dir(Path(data["root"]), str(data.get("category") or "zipper"))
+        if data.get("aoi_dir") and not Path(data["aoi_dir"]).is_dir():
+            raise DataError(f"AOI folder not found: {data['aoi_dir']} (data.aoi_dir)")
+        if data.get("aoi_mask") and not Path(data["aoi_mask"]).is_file():
+            raise DataError(f"AOI mask not found: {data['aoi_mask']} (data.aoi_mask)")
+
     def _aoi_source(self, recs: list[dict], cat: Path, run_dir: Path | None) -> tuple[str, Path | None]:
         """Point each record at its AOI file; → (source name, folder for estimates or None)."""
         if self.aoi_dir is not None:

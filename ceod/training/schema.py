@@ -16,7 +16,8 @@ from typing import Any, Callable, Optional, Union
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
-from ceod.errors import ConfigError
+from ceod.data.sources import FolderTree
+from ceod.errors import ConfigError, DataError
 
 Number = Union[int, float]
 
@@ -168,13 +169,45 @@ def validate(cfg: DictConfig) -> None:
 
 
 def check_data_root(data: dict) -> None:
-    """A generated dataset (``data.generator`` in its config) needs a data.root it can create and write.
-
-    Tried, not inferred from permission bits (which say nothing for root or on network file systems).
+    """data.root usable, checked before anything is built (model, loss, trainer: a missing dataset is the
+    first and only line). A generated dataset (``data.generator`` in its config) needs a root it can create
+    and write; any other source's root is checked by its class's ``check_root(data)`` where it has one
+    (MVTec AD: the category folder), else a folder tree's root must be a folder.
     """
-    if "generator" not in data or not data.get("root"):
+    root = data.get("root")
+    if not root or root == "???":  # missing: the DataModule's own one-line error names data.root
         return
-    root = Path(data["root"]).absolute()
+    if "generator" in data:
+        _check_writable(Path(root).absolute())
+        return
+    source = _source_class(data)
+    check = getattr(source, "check_root", None)
+    if check is not None:
+        check(data)
+    elif source is FolderTree:
+        for key, name in (("root", "data root"), ("test_root", "test root")):
+            if data.get(key) and not Path(data[key]).is_dir():
+                raise DataError(f"{name} not found: {data[key]} (set data.{key})")
+
+
+def _source_class(data: dict) -> type | None:
+    """The class of ``data.source`` (FolderTree, the DataModule's default, when unset), None when unknown."""
+    from hydra.utils import get_object
+
+    source = data.get("source")
+    if source is None:
+        return FolderTree if str(data.get("_target_", "")).endswith("DefectDataModule") else None
+    target = source.get("_target_") if isinstance(source, dict) else None
+    try:
+        found = get_object(str(target)) if target else None
+    except Exception:  # a bad _target_: instantiating the data names it
+        return None
+    return found if isinstance(found, type) else None
+
+
+def _check_writable(root: Path) -> None:
+    """A generated dataset's root can be created and written (tried, not inferred from permission bits, which
+    say nothing for root or on network file systems)."""
     if (root / "manifest.csv").is_file():
         return  # already generated: read-only is fine
     created = [p for p in (root, *root.parents) if not p.exists()]  # removed again: the generator makes them

@@ -104,6 +104,13 @@ def test_cli_errors_are_one_line_with_exit_code_2(run_cli, tmp_path, args, culpr
     assert culprit in marker.read_text() if args[0].startswith("data.") else not marker.exists()
 
 
+def test_missing_mvtec_root_is_the_first_and_only_line(run_cli):
+    """Checked before the model, loss and trainer are built: nothing printed before the error line."""
+    r = run_cli("data=mvtec_zipper", "data.root=/nonexistent/mvtec", "hydra.run.dir=out", timeout=120)
+    assert r.returncode == 2 and r.stdout == "", r.stdout
+    assert r.stderr.splitlines() == r.errors and "MVTec AD zipper not found under /nonexistent/mvtec" in r.errors[0]
+
+
 def test_empty_image_folder_is_one_line(make_cfg, tmp_path):
     (tmp_path / "ds" / "images" / "good").mkdir(parents=True)
     with pytest.raises(Exception) as err:
