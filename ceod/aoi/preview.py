@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ceod.data.layout import atomic_write
-from ceod.data.samples import load_mask, read_array, to_image_tensor
+from ceod.data.samples import CLASS_NAMES, load_mask, read_array, to_image_tensor
 from ceod.aoi.zipper import work_gray
 
 THUMB = 256  # tiles are drawn from copies at most this wide
@@ -63,7 +63,7 @@ def write_preview(recs: list[dict], path: Path, cols: int = 4, threshold: float 
             ax.contour(aoi, levels=[0.5], colors="red", linewidths=1.0)
         if gt is not None and gt.any():
             ax.contour(gt, levels=[0.5], colors="cyan", linewidths=0.8)
-        label = {0: "good", 1: "defect"}.get(r.get("label"), "?")
+        label = dict(enumerate(CLASS_NAMES)).get(r.get("label"), "?")
         name = f"{r['origin']}/{r['type']}/{Path(r['image']).name}" if "origin" in r else Path(r["image"]).name
         ax.set_title(f"{name}\n{r['type']} → {label}", fontsize=7)
     fig.suptitle("AOI (red), ground-truth defect (cyan)", fontsize=9)

@@ -21,9 +21,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ceod.data.samples import CLASS_NAMES
 from ceod.errors import DataError
 
-CLASS_DIRS = {0: "good", 1: "defect"}
+CLASS_DIRS = dict(enumerate(CLASS_NAMES))  # label → class folder
 
 
 STALE_S = 24 * 3600

@@ -25,6 +25,7 @@ from ceod.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
+CLASS_NAMES = ("good", "defect")  # label 0, label 1: the one spelling (folders, CSVs, figures, tables)
 Image.MAX_IMAGE_PIXELS = None  # industrial scans can be large; they are trusted local files
 
 

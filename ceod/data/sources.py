@@ -28,10 +28,10 @@ from typing import Protocol
 
 
 from ceod.data.layout import atomic_write, write_manifest
-from ceod.data.samples import IMAGE_SUFFIXES, SPLITS, Sample, index_masks, read_manifest, stratified_split
+from ceod.data.samples import CLASS_NAMES, IMAGE_SUFFIXES, SPLITS, Sample, index_masks, read_manifest, stratified_split
 from ceod.errors import ConfigError, DataError
 
-DEFAULT_CLASS_DIRS = {"good": 0, "defect": 1}
+DEFAULT_CLASS_DIRS = {name: label for label, name in enumerate(CLASS_NAMES)}
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from ceod.data.layout import atomic_write  # the one atomic writer (temp file + rename, shared permissions)
-
-CLASS_NAMES = ("good", "defect")
+from ceod.data.samples import CLASS_NAMES
 JET = (colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)  # 256×3 lookup table
 
 
@@ -108,7 +107,7 @@ def roc_figure(labels: Sequence[int], probs: Sequence[float], title: str = "") -
         return None
     fig = Figure(figsize=(3.6, 3.4), layout="constrained")
     ax = fig.add_subplot()
-    RocCurveDisplay.from_predictions(y, np.asarray(probs, dtype=float), ax=ax, name="defect")
+    RocCurveDisplay.from_predictions(y, np.asarray(probs, dtype=float), ax=ax, name=CLASS_NAMES[1])
     ax.plot([0, 1], [0, 1], ls=":", c="grey")
     if title:
         ax.set_title(title, fontsize=10)

@@ -18,6 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ceod.training.checkpoint_io import StorageError, remove_stale_temporaries, write_atomically
 from ceod.benchmarks.generated import generator_tag
+from ceod.data.samples import CLASS_NAMES
 from ceod.errors import ConfigError
 from ceod.training.faults import SIGTERM_EXIT, Preemption, progress
 from ceod.console import echo, info, log_to_file
@@ -98,9 +99,8 @@ def format_results(metrics: dict[str, float], confusion=None, stage: str = "test
     if confusion is not None:
         cm = confusion.tolist()
         lines += ["confusion matrix (rows: true, cols: predicted at the threshold chosen on validation)",
-                  f"{'':<10}{'good':>8}{'defect':>8}",
-                  f"{'good':<10}{cm[0][0]:>8}{cm[0][1]:>8}",
-                  f"{'defect':<10}{cm[1][0]:>8}{cm[1][1]:>8}"]
+                  f"{'':<10}{CLASS_NAMES[0]:>8}{CLASS_NAMES[1]:>8}",
+                  *(f"{CLASS_NAMES[i]:<10}{cm[i][0]:>8}{cm[i][1]:>8}" for i in (0, 1))]
     return "\n".join(lines)
 
 
