@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, default=ROOT / "outputs" / "heatmap_figure")
     p.add_argument("--data-dir", type=Path, default=ROOT / "data" / "study")
     a = p.parse_args(argv)
+    from ceod.deploy.predict import score_images
     from ceod.training.module import CEODModule
 
     batch = test_batch(a.benchmark, a.data_dir, a.n)
@@ -113,11 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     for method in a.methods:
         module = CEODModule.load_from_checkpoint(train_or_load(a.benchmark, method, a.runs, a.data_dir),
                                                  map_location="cpu").eval()
-        head = getattr(module.model, "cam_head_weight", None)
-        with torch.set_grad_enabled(head is None):
-            logits, feats = module.model(batch["image"])
-            heat = module.loss.heat(logits, feats, head, tuple(batch["image"].shape[-2:]), differentiable=False)
-        rows[method] = (logits.detach().softmax(1)[:, 1].numpy(), heat.numpy())
+        prob, heat = score_images(module.model, batch["image"], module.loss.heat_spec)
+        rows[method] = (prob.numpy(), heat.numpy())
     out = ROOT / "experiments" / "results" / f"heatmaps_{a.benchmark}.png"
     draw(rows, batch["image"].numpy(), batch["mask"].numpy(), out)
     print(f"wrote {out}")

@@ -10,10 +10,14 @@ Two paths give the same heat:
 * analytic: for a "global average pool → linear" head, ∂logit_c/∂A_kij = W[c,k]/P exactly
   (P = h·w), so α_k = W[c,k]/P needs no autograd call at all.
 
-:func:`grad_cam` picks the analytic path when it is given the head weight.
+:func:`grad_cam` picks the analytic path when it is given the head weight. :class:`HeatSpec` names *which*
+heat map (class, score, sign) — the target object every user of the defect-class heat holds (the loss, the
+metrics, the figures, predict, export; recorded in checkpoints) — and :meth:`HeatSpec.heat` is the one call.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +25,8 @@ from torch import Tensor
 
 
 FP16_CAM_SCALE = 1024.0
+CAM_SCORES = ("logit", "margin")
+HEAT_SIGNS = ("relu", "abs")
 
 
 def _promote(t: Tensor) -> Tensor:
@@ -48,7 +54,7 @@ def class_score(logits: Tensor, idx: Tensor, score: str = "logit") -> Tensor:
     if score == "margin":
         others = (logits.sum(dim=1) - chosen) / (logits.shape[1] - 1)
         return chosen - others
-    raise ValueError(f"CAM score must be 'logit' or 'margin', got {score!r}")
+    raise ValueError(f"CAM score must be one of {CAM_SCORES}, got {score!r}")
 
 
 def grad_cam_weights(
@@ -84,11 +90,8 @@ def analytic_cam_weights(head_weight: Tensor, features: Tensor, target: int | Te
         others = (head_weight.sum(dim=0, keepdim=True) - head_weight[idx]) / (head_weight.shape[0] - 1)
         return (head_weight[idx] - others) / (h * w)
     if score != "logit":
-        raise ValueError(f"CAM score must be 'logit' or 'margin', got {score!r}")
+        raise ValueError(f"CAM score must be one of {CAM_SCORES}, got {score!r}")
     return head_weight[idx] / (h * w)
-
-
-HEAT_SIGNS = ("relu", "abs")
 
 
 def cam_from_weights(alpha: Tensor, features: Tensor, sign: str = "relu") -> Tensor:
@@ -138,3 +141,52 @@ def upsample(heat: Tensor, size: tuple[int, int]) -> Tensor:
         return heat
     with torch.autocast(device_type=heat.device.type, enabled=False):
         return F.interpolate(heat[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+
+@dataclass(frozen=True)
+class HeatSpec:
+    """Which heat map: the Grad-CAM of class ``defect_class``'s ``score`` (``logit`` | ``margin``, see
+    :func:`class_score`) with ``sign`` (``relu`` | ``abs``, see :func:`cam_from_weights`).
+
+    The target object of the defect-class heat map (as pytorch-grad-cam's class targets), built from a loss's
+    options (``loss.heat_spec``) and written into checkpoints (:meth:`record`), so that training, metrics,
+    figures, predict and export compute the same map through :meth:`heat`.
+    """
+
+    defect_class: int = 1
+    score: str = "logit"
+    sign: str = "relu"
+
+    def __post_init__(self) -> None:
+        if self.score not in CAM_SCORES:
+            raise ValueError(f"CAM score must be one of {CAM_SCORES}, got {self.score!r}")
+        if self.sign not in HEAT_SIGNS:
+            raise ValueError(f"heat sign must be one of {HEAT_SIGNS}, got {self.sign!r}")
+        if isinstance(self.defect_class, bool) or not isinstance(self.defect_class, int) or self.defect_class < 0:
+            raise ValueError(f"defect class must be an int ≥ 0, got {self.defect_class!r}")
+
+    def heat(self, features: Tensor, logits: Tensor | None = None, head_weight: Tensor | None = None,
+             size: tuple[int, int] | None = None, differentiable: bool = False) -> Tensor:
+        """Heat B×h×w (``size`` None: the CAM's own resolution) or B×H×W of ``features`` B×K×h×w (and
+        ``logits`` B×C, from the same graph, unless ``head_weight`` C×K gives the closed form).
+
+        ``differentiable``: in the graph (second order on the autograd path). Otherwise detached, and computed
+        without a graph on the closed-form path; the autograd path enables grad for its one ``autograd.grad``
+        call (the features must come from a forward pass under grad).
+        """
+        with torch.set_grad_enabled(differentiable or head_weight is None):
+            heat = grad_cam(features, logits, self.defect_class, head_weight, create_graph=differentiable,
+                            size=size, score=self.score, sign=self.sign)
+        return heat if differentiable else heat.detach()
+
+    def record(self) -> dict:
+        """Plain values for a checkpoint: {"defect_class", "cam_score", "heat_sign"} (the ``loss.*`` key names)."""
+        return {"defect_class": int(self.defect_class), "cam_score": self.score, "heat_sign": self.sign}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "HeatSpec":
+        """The spec of a :meth:`record` (a checkpoint's ``ceod_inference``); a missing key takes the default
+        (a record written by hand, or before ``heat_sign`` existed: the papers' Grad-CAM)."""
+        d = cls()
+        return cls(int(record.get("defect_class", d.defect_class)), str(record.get("cam_score", d.score)),
+                   str(record.get("heat_sign", d.sign)))

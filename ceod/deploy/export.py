@@ -18,8 +18,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ceod.core.cam import grad_cam
+from ceod.core.cam import HeatSpec
+from ceod.deploy.checkpoint import RECORD_KEY, build_model, heat_spec_of, load_checkpoint
 from ceod.errors import ConfigError, DataError
+from ceod.models import cam_head_weight
 
 USAGE = "python -m ceod.export ckpt=FILE format=onnx|torchscript out=FILE [heatmap=false] [check=true]"
 FORMATS = ("onnx", "torchscript")
@@ -27,42 +29,35 @@ TOLERANCE = 1e-4
 
 
 class Deployable(nn.Module):
-    """image B×C×H×W in [0, 1] → P(defect) B, or (P(defect) B, heat B×H×W) with ``heatmap``."""
+    """image B×C×H×W in [0, 1] → P(defect) B, or (P(defect) B, heat B×H×W of ``spec``) with ``heatmap``."""
 
-    def __init__(self, net: nn.Module, preprocess: dict, defect_class: int = 1, cam_score: str = "logit",
-                 heatmap: bool = False, heat_sign: str = "relu") -> None:
+    def __init__(self, net: nn.Module, preprocess: dict, spec: HeatSpec, heatmap: bool = False) -> None:
         super().__init__()
-        self.net, self.defect_class, self.cam_score, self.heatmap = net.eval(), defect_class, cam_score, heatmap
-        self.heat_sign = heat_sign
+        self.net, self.spec, self.heatmap = net.eval(), spec, heatmap
         c = int(preprocess["channels"])
         mean, std = preprocess.get("mean"), preprocess.get("std")
         self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.0] * c).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std if std is not None else [1.0] * c).view(1, -1, 1, 1))
-        if heatmap and getattr(net, "cam_head_weight", None) is None:
+        if heatmap and cam_head_weight(net) is None:
             raise ConfigError("heatmap=true needs a global-average-pool → linear head (closed-form Grad-CAM); "
                               f"{type(net).__name__} has none — export with heatmap=false")
 
     def forward(self, image: Tensor):
         logits, feats = self.net((image - self.mean) / self.std)
-        prob = logits.softmax(dim=1)[:, self.defect_class]
+        prob = logits.softmax(dim=1)[:, self.spec.defect_class]
         if not self.heatmap:
             return prob
-        heat = grad_cam(feats, None, self.defect_class, self.net.cam_head_weight, size=tuple(image.shape[-2:]),
-                        score=self.cam_score, sign=self.heat_sign)
-        return prob, heat
+        return prob, self.spec.heat(feats, None, cam_head_weight(self.net), size=tuple(image.shape[-2:]))
 
 
 def deployable(ckpt_path: str | Path, heatmap: bool = False) -> tuple[Deployable, Tensor]:
     """(the wrapped model in eval mode, an example input 2×C×H×W) of a ceod checkpoint."""
-    from ceod.deploy.predict import build_model, load_checkpoint
-
     ckpt = load_checkpoint(ckpt_path)
-    record = ckpt["ceod_inference"]
+    record = ckpt[RECORD_KEY]
     pre = record["preprocess"]
     size = pre["image_size"]
     h, w = (size, size) if isinstance(size, int) else size
-    model = Deployable(build_model(ckpt, ckpt_path), pre, int(record.get("defect_class", 1)),
-                       record.get("cam_score", "logit"), heatmap, record.get("heat_sign", "relu"))
+    model = Deployable(build_model(ckpt, ckpt_path), pre, heat_spec_of(record), heatmap)
     return model.eval(), torch.rand(2, int(pre["channels"]), h, w)
 
 

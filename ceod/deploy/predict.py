@@ -17,7 +17,6 @@ import os
 import shutil
 import sys
 import tempfile
-import zipfile
 from collections import deque
 from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
@@ -27,80 +26,31 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ceod.deploy import figures
-from ceod.core.cam import grad_cam
+from ceod.core.cam import HeatSpec
 from ceod.core.threads import one_thread
 from ceod.data.layout import prepare_out, write_csv
-from ceod.errors import CeodError, ConfigError, DataError
+from ceod.data.samples import CLASS_NAMES
+from ceod.deploy import figures
+from ceod.deploy.checkpoint import RECORD_KEY, build_model, heat_spec_of, load_checkpoint, threshold_of
 from ceod.deploy.network import as_input, for_inference
+from ceod.errors import CeodError, ConfigError, DataError
+from ceod.models import cam_head_weight
 
 USAGE = ("python -m ceod.predict ckpt=FILE input=DIR|FILE|GLOB out=DIR [threshold=T] [heatmaps=true] "
          "[batch_size=32] [device=auto] [num_workers=auto]")
 
 
-# ----------------------------------------------------------------------------- checkpoints
-def load_checkpoint(path: str | Path) -> dict:
-    """The checkpoint dict (read with ``weights_only=True``); CeodError unless it is a ceod checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"checkpoint not found: {path} (ckpt)")
-    if not zipfile.is_zipfile(path):
-        raise DataError(f"not a ceod checkpoint: {path} (not a PyTorch checkpoint file)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (pickle, zip and unpickler errors all mean the same here)
-        raise DataError(f"not a ceod checkpoint: {path} (torch.load with weights_only=True refuses it: "
-                        f"{type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or "ceod_inference" not in ckpt or "state_dict" not in ckpt:
-        raise DataError(f"not a ceod checkpoint: {path} (no ceod_inference record; checkpoints written by "
-                        "python -m ceod.train carry one)")
-    return ckpt
-
-
-def build_model(ckpt: dict, source: str | Path = "checkpoint") -> nn.Module:
-    """The network of a ceod checkpoint, weights loaded, in eval mode (forward → logits B×2, features B×K×h×w)."""
-    from hydra.utils import instantiate
-
-    cfg = dict(ckpt["ceod_inference"]["model"])
-    if cfg.get("pretrained"):
-        cfg["pretrained"] = False  # the checkpoint holds the weights
-    try:
-        net = instantiate(cfg)
-    except Exception as e:  # noqa: BLE001
-        cause = e.__cause__ or e
-        raise DataError(f"cannot build the model of {source} ({cfg.get('_target_')}): "
-                        f"{str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__}") from None
-    # a LightningModule built from config (network nested as .model) or the bare network
-    target = net.model if hasattr(net, "training_step") and hasattr(net, "model") else net
-    weights = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    try:
-        target.load_state_dict(weights)
-    except RuntimeError as e:
-        raise DataError(f"weights of {source} do not fit its model: {str(e).strip().splitlines()[1:2] or e}") from None
-    return target.eval()
-
-
-def threshold_of(ckpt: dict, override: float | None = None) -> float:
-    """``threshold=`` if given, else ``checkpoint["ceod_threshold"]`` (chosen on validation), else 0.5."""
-    value = override if override is not None else ckpt.get("ceod_threshold", 0.5)
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"threshold must lie in [0, 1], got {value}")
-    return value
-
-
-def score_images(model: nn.Module, images: Tensor, defect_class: int = 1, cam_score: str = "logit", sign: str = "relu",
-                 heat: bool = True) -> tuple[Tensor, Tensor | None]:
-    """(P(defect) B, Grad-CAM heat of the defect class B×H×W or None), detached, for B×C×H×W images."""
-    head_weight = getattr(model, "cam_head_weight", None)
+# ----------------------------------------------------------------------------- scoring
+def score_images(model: nn.Module, images: Tensor, spec: HeatSpec, heat: bool = True) -> tuple[Tensor, Tensor | None]:
+    """(P(defect) B, the heat map of ``spec`` B×H×W or None), detached, for B×C×H×W images."""
+    head_weight = cam_head_weight(model)
     with torch.set_grad_enabled(heat and head_weight is None):
         logits, feats = model(images)
         cam = None
         if heat:  # small elementwise work: on the CPU one thread costs 10× less than spinning ones
             with one_thread() if images.device.type == "cpu" else nullcontext():
-                cam = grad_cam(feats, logits, defect_class, head_weight, create_graph=False,
-                               size=tuple(images.shape[-2:]), score=cam_score, sign=sign).detach().float()
-    return logits.detach().float().softmax(dim=1)[:, defect_class], cam
+                cam = spec.heat(feats, logits, head_weight, size=tuple(images.shape[-2:])).float()
+    return logits.detach().float().softmax(dim=1)[:, spec.defect_class], cam
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -178,7 +128,7 @@ def predict(ckpt: str, input: str, out: str, threshold: float | None = None, hea
     out_dir, created = prepare_out(out)
     tmp = Path(tempfile.mkdtemp(prefix=".heatmaps-", dir=out_dir)) if heatmaps else None
     try:
-        rows, skipped = _score_all(model, checkpoint["ceod_inference"], images, thr, tmp, batch_size, dev,
+        rows, skipped = _score_all(model, checkpoint[RECORD_KEY], images, thr, tmp, batch_size, dev,
                                    num_workers, progress)
         if not rows:
             raise DataError(f"none of the {len(images)} image(s) in {input} could be read; first: {skipped[0][1]}")
@@ -211,7 +161,7 @@ def _score_all(model: nn.Module, record: dict, images: list[tuple[Path, str]], t
     loader = DataLoader(ImageFiles([p for p, _ in images], record["preprocess"]), batch_size=batch_size,
                         num_workers=workers, pin_memory=dev.type == "cuda")
     rows, skipped, pending = [], [], deque()
-    cls, score, sign = int(record.get("defect_class", 1)), record.get("cam_score", "logit"), record.get("heat_sign", "relu")
+    spec = heat_spec_of(record)
     batches = iter(tqdm(loader, desc="predict", unit="batch", file=sys.stderr,
                         disable=(not progress) if progress is not None else None))
     # PNG encoding (PIL releases the GIL) overlaps the next batch: one thread on a CPU run, whose cores the
@@ -230,9 +180,9 @@ def _score_all(model: nn.Module, record: dict, images: list[tuple[Path, str]], t
             idx, x = (batch["index"].tolist(), batch["image"]) if ok.all() else (batch["index"][ok].tolist(),
                                                                                  batch["image"][ok])
             x = as_input(x.to(dev, non_blocking=True))
-            prob, heat = score_images(model, x, cls, score, sign, heat=heat_dir is not None)
+            prob, heat = score_images(model, x, spec, heat=heat_dir is not None)
             for i, p in zip(idx, prob.cpu().tolist()):
-                rows.append((str(images[i][0]), f"{p:.8f}", int(p >= thr), figures.CLASS_NAMES[int(p >= thr)]))
+                rows.append((str(images[i][0]), f"{p:.8f}", int(p >= thr), CLASS_NAMES[int(p >= thr)]))
             if heat_dir is not None:
                 with one_thread() if dev.type == "cpu" else nullcontext():
                     pictures = figures.overlays(x, heat, record["preprocess"]).cpu().numpy()  # on the device

@@ -27,7 +27,8 @@ from ceod import CONF_DIR as conf
 from ceod.deploy import figures
 from ceod.errors import ConfigError, DataError
 from ceod.core.metrics import AOIEnergy
-from ceod.deploy.predict import build_model, load_checkpoint, score_images, threshold_of
+from ceod.deploy.checkpoint import RECORD_KEY, build_model, heat_spec_of, load_checkpoint, threshold_of
+from ceod.deploy.predict import score_images
 from ceod.core.reliance import FILLS, fill_outside, occlusion_map, partner_roll, valid_for
 
 USAGE = ("python -m ceod.audit ckpt=FILE out=DIR data.root=DIR [data=folder] [data.KEY=VALUE …] "
@@ -72,7 +73,7 @@ def audit(ckpt: str, out: str, data: list[str], split: str = "all", fills: str =
     if top < 0 or batch_size < 1:
         raise ConfigError(f"top must be ≥ 0 and batch_size ≥ 1, got {top}, {batch_size}")
     checkpoint = load_checkpoint(ckpt)
-    record = checkpoint["ceod_inference"]
+    record = checkpoint[RECORD_KEY]
     thr = threshold_of(checkpoint)
     model = build_model(checkpoint, ckpt)
     dm = datamodule(record, data)
@@ -107,13 +108,14 @@ def _write(model, record, dm, out_dir: Path, split, fills, thr, batch_size, top,
 
 def _measure(model, record, dm, splits, fills, thr, batch_size) -> tuple[list[dict], dict]:
     """Per-image rows over ``splits``, and the tensors the figure needs (image, mask, partner) by row index."""
-    cls, score, sign = int(record.get("defect_class", 1)), record.get("cam_score", "logit"), record.get("heat_sign", "relu")
+    spec = heat_spec_of(record)
+    cls = spec.defect_class
     rows, keep = [], {}
     for split in splits:
         ds = dm.datasets[split]
         for batch in DataLoader(ds, batch_size=batch_size, shuffle=False):
             x, mask, y, idx = batch["image"], batch["mask"], batch["label"], batch["index"]
-            prob, heat = score_images(model, x, cls, score, sign)
+            prob, heat = score_images(model, x, spec)
             energy = AOIEnergy(cls).score(heat.float(), (mask > 0.5).float())
             with torch.no_grad():
                 pf = {f: model(fill_outside(x, mask, f))[0].float().softmax(1)[:, cls] for f in fills}
@@ -151,7 +153,7 @@ def _figure(model, record, keep, rows, top, path: Path) -> None:
     """The ``top`` images with the largest swap |ΔP|: image + AOI, Grad-CAM, composite, occlusion map."""
     from matplotlib.figure import Figure
 
-    cls = int(record.get("defect_class", 1))
+    cls = heat_spec_of(record).defect_class
     order = sorted((i for i in keep if rows[i]["delta_swap"] != ""), key=lambda i: -rows[i]["delta_swap"])[:top]
     if not order:
         return

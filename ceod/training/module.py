@@ -19,10 +19,12 @@ from torchmetrics.classification import BinaryAUROC
 from torchmetrics.functional.classification import binary_accuracy, binary_confusion_matrix, binary_f1_score
 
 from ceod.core.batchnorm import recompute_batchnorm_stats
-from ceod.errors import CeodError, ConfigError
-from ceod.core.losses.base import AttributionLoss
+from ceod.core.cam import upsample
+from ceod.core.losses.base import AttributionLoss, LossOutput
 from ceod.core.metrics import AOIEnergy, PointingGame, youden_threshold
 from ceod.core.reliance import FILLS, fill_outside, reliance, valid_for
+from ceod.errors import CeodError, ConfigError
+from ceod.models import cam_head_weight
 
 
 def _plain(config: Mapping) -> dict:
@@ -40,8 +42,9 @@ class CEODModule(L.LightningModule):
                  bn_recalibration: bool = True, reliance: tuple[str, ...] | list[str] = ("swap", "blur")) -> None:
         """Each part is an object or its Hydra config (``_target_``; the optimizer ``_partial_``, called
         with ``params``; ``finetune`` ``_partial_``, called with the network). Configs are built here and
-        recorded by ``save_hyperparameters``, so a checkpoint names its network, regime, loss and
-        optimizer, and ``CEODModule.load_from_checkpoint(path)`` rebuilds it. ``finetune`` freezes the
+        recorded by ``save_hyperparameters`` (the one record of the network, which the checkpoint's
+        ``ceod_inference`` refers to), so a checkpoint names its network, regime, loss and optimizer, and
+        ``CEODModule.load_from_checkpoint(path)`` rebuilds it. ``finetune`` freezes the
         network here, before the Trainer (and DDP) wraps it. The defect class is the loss's."""
         super().__init__()
         parts = {"model": model, "loss": loss, "optimizer": optimizer, "finetune": finetune}
@@ -55,7 +58,7 @@ class CEODModule(L.LightningModule):
         model, loss, self.optimizer_factory, finetune = (self._build(k, v) for k, v in parts.items())
         self.model = finetune(model) if finetune is not None else model
         self.loss = loss
-        self.defect_class = loss.defect_class
+        self.defect_class = loss.heat_spec.defect_class
         self.bn_recalibration = bn_recalibration
         self._build_eval_metrics(self.defect_class)
 
@@ -80,10 +83,6 @@ class CEODModule(L.LightningModule):
         """Inference: logits B×C. No mask, no CAM."""
         return self.model(x)[0]
 
-    @property
-    def _head_weight(self) -> Tensor | None:
-        return getattr(self.model, "cam_head_weight", None)
-
     def _build_eval_metrics(self, defect_class: int) -> None:
         """Threshold-free metrics per stage, plus every score and label for the thresholded ones."""
         for stage in ("val", "test"):
@@ -100,34 +99,41 @@ class CEODModule(L.LightningModule):
         x, mask, y, pairs = self.loss.counterfactuals(batch["image"], batch["mask"], batch["label"])
         x = self.loss.prepare_inputs(x, mask, y)
         logits, feats = self.model(x)
-        out = self.loss(logits, y, mask, features=feats, head_weight=self._head_weight, images=x,
+        out = self.loss(logits, y, mask, features=feats, head_weight=cam_head_weight(self.model), images=x,
                         step=self.global_step, pairs=pairs)
-        k = int(out.contributes.sum())
         self.log("train/loss", out.total, prog_bar=True, on_step=True, on_epoch=True, batch_size=n, sync_dist=True)
         self.log("train/ce", out.ce, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         if out.consistency is not None:
             self.log("train/consistency", out.consistency, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
-        if k:  # averaged over the images that contribute an OD (defective, valid AOI) only; per rank under DDP
-            # (no sync: a rank whose shard has no defective image in an epoch would never join the reduction)
-            self.log("train/od", out.od, on_step=False, on_epoch=True, batch_size=k)
-            self.log("train/od_active", out.active, on_step=False, on_epoch=True, batch_size=k)
+        self._log_train_penalty(out)
         return out.total
+
+    def _log_train_penalty(self, out: LossOutput) -> None:
+        """``train/<penalty_name>`` (CEOD: ``train/od``) and ``…_active``, averaged over the images that contribute
+        (defective, valid AOI) only; per rank under DDP (no sync: a rank whose shard has no defective image in an
+        epoch would never join the reduction)."""
+        name, k = self.loss.penalty_name, int(out.contributes.sum())
+        if name is None or out.penalty is None or not k:
+            return
+        self.log(f"train/{name}", out.penalty, on_step=False, on_epoch=True, batch_size=k)
+        self.log(f"train/{name}_active", out.active, on_step=False, on_epoch=True, batch_size=k)
 
     def _eval_step(self, stage: str, batch: dict) -> None:
         x, mask, y = batch["image"], batch["mask"], batch["label"]
-        head_weight = self._head_weight
+        head_weight = cam_head_weight(self.model)
         if head_weight is None and torch.is_inference_mode_enabled():
             raise ConfigError("Grad-CAM metrics on this model need autograd in val/test: set trainer.inference_mode=false")
-        # Lightning evaluates under no_grad; only the general Grad-CAM path needs autograd.
+        # Lightning evaluates under no_grad; only the general Grad-CAM path needs autograd. The loss (in eval
+        # mode) computes the heat as in training, detached, and returns it for the AOI metrics.
         with torch.set_grad_enabled(head_weight is None):
             logits, feats = self.model(x)
-            heat = self.loss.heat(logits, feats, head_weight, tuple(x.shape[-2:]), differentiable=False)
-        logits = logits.detach()
-        out = self.loss(logits, y, mask, heat=heat)
+            out = self.loss(logits, y, mask, features=feats, head_weight=head_weight)
+        logits, heat = logits.detach(), upsample(out.heat, tuple(x.shape[-2:]))
         n = y.shape[0]
-        self.log(f"{stage}/loss", out.total, batch_size=n, sync_dist=True)
-        self.log(f"{stage}/ce", out.ce, batch_size=n, sync_dist=True)
-        self.log(f"{stage}/od", out.od, batch_size=n, sync_dist=True)
+        self.log(f"{stage}/loss", out.total.detach(), batch_size=n, sync_dist=True)
+        self.log(f"{stage}/ce", out.ce.detach(), batch_size=n, sync_dist=True)
+        if self.loss.penalty_name is not None and out.penalty is not None:
+            self.log(f"{stage}/{self.loss.penalty_name}", out.penalty.detach(), batch_size=n, sync_dist=True)
         prob = logits.float().softmax(dim=1)[:, self.defect_class]
         target = (y == self.defect_class).long()
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
@@ -189,7 +195,7 @@ class CEODModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         """Counterfactual training images need AOI masks: a training set without any is one error line."""
-        swap = getattr(self.loss.opts, "outside_swap", "none")
+        swap = self.loss.opts.outside_swap
         samples = getattr(getattr(self.trainer, "datamodule", None), "samples", {}).get("train")
         if swap != "none" and samples and all(getattr(s, "mask", None) is None for s in samples):
             raise ConfigError(f"loss.outside_swap={swap} replaces what lies outside each image's AOI, but no training "

@@ -70,7 +70,7 @@ def test_energy_hand_computed_and_gradcheck():
     logits = torch.zeros(2, 2, dtype=torch.float64)
     target = torch.tensor([1, 0])
     out = EnergyLoss(omega=2.0)(logits, target, mask, heat=heat)
-    assert out.od.item() == pytest.approx(0.25)
+    assert out.penalty.item() == pytest.approx(0.25)
     assert out.total.item() == pytest.approx(F.cross_entropy(logits, target).item() + 2.0 * 0.25 / 2)
     h = (torch.rand(2, 4, 4, dtype=torch.float64) + 0.1).requires_grad_()
     assert torch.autograd.gradcheck(lambda t: EnergyLoss(omega=1.0)(logits, torch.tensor([1, 1]), mask, heat=t).total,
@@ -121,7 +121,7 @@ def test_images_without_a_mask_add_no_mask_term_in_any_loss():
         assert not loss(logits.detach(), target, mask, heat=heat).contributes[1]
     # CEOD by hand: image 0 is the one defective annotated image; its OD is divided by N_a = 2, not N = 3
     out = CEODLoss(omega=3.0)(logits.detach(), target, mask, heat=heat)
-    assert out.contributes.tolist() == [True, False, False] and out.od > 0
+    assert out.contributes.tolist() == [True, False, False] and out.penalty > 0
     ce = F.cross_entropy(logits.detach(), target)
-    assert out.total.item() == pytest.approx(ce.item() + 3.0 * out.od.item() / 2, rel=1e-9)
+    assert out.total.item() == pytest.approx(ce.item() + 3.0 * out.penalty.item() / 2, rel=1e-9)
     assert torch.equal(BackgroundRandomizationLoss().prepare_inputs(x, mask, target)[1], x[1])

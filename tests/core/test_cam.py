@@ -108,7 +108,7 @@ def _od_gradient(model, head_weight):
     y = torch.tensor([1, 1, 1, 0, 1, 0])
     logits, feats = model(x)
     out = CEODLoss(omega=1.0, tau=0.0, filter_normalize="sum")(logits, y, mask, features=feats, head_weight=head_weight)
-    assert out.contributes.sum() >= 2 and 0 < out.od < 5  # the OD term is active for this draw
+    assert out.contributes.sum() >= 2 and 0 < out.penalty < 5  # the OD term is active for this draw
     ce = torch.nn.functional.cross_entropy(logits, y)
     params = [p for p in model.features.parameters()]
     g_total = torch.autograd.grad(out.total, params, retain_graph=True)

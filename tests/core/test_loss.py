@@ -135,10 +135,10 @@ def test_never_nan(dtype, case):
         for threshold in ("hard", "soft"):
             out = ceod_loss(logits, target, heat, mask, omega=1.0, variant=variant, threshold=threshold)
             gl, gh = torch.autograd.grad(out.total, (logits, heat))
-            assert torch.isfinite(out.total) and torch.isfinite(out.od)
+            assert torch.isfinite(out.total) and torch.isfinite(out.penalty)
             assert torch.isfinite(gl).all() and torch.isfinite(gh).all()
     if case in ("empty_aoi", "zero_heat", "no_defect", "all_zero_everything"):
-        assert out.od.item() == 0.0 and not out.contributes.any()
+        assert out.penalty.item() == 0.0 and not out.contributes.any()
 
 
 def test_y_weighting_only_defective_images_contribute():
@@ -157,7 +157,7 @@ def test_omega_zero_is_plain_cross_entropy():
     target = torch.tensor([1, 0, 1, 1])
     out = ceod_loss(logits, target, heat, mask, omega=0.0)
     ce = torch.nn.functional.cross_entropy(logits, target)
-    assert out.total.item() == pytest.approx(ce.item()) and out.od.item() > 0
+    assert out.total.item() == pytest.approx(ce.item()) and out.penalty.item() > 0
 
 
 @pytest.mark.parametrize("bad", [dict(variant="square"), dict(threshold="x"), dict(filter_normalize="max"),
@@ -263,11 +263,11 @@ def test_outside_variant_is_the_mean_heat_outside_and_not_met_by_inflating_the_i
     mask[0, :, 2:] = 1
     kw = dict(omega=1.0, variant="outside", kernel_size=1, kernel_value=1.0)
     out = ceod_loss(torch.zeros(1, 2, dtype=torch.float64), torch.tensor([1]), heat, mask, **kw)
-    assert out.od.item() == pytest.approx(2 / 16)
+    assert out.penalty.item() == pytest.approx(2 / 16)
     inflated = heat.clone()
     inflated[0, :, 2:] = 100.0  # a huge constant inside leaves the outside evidence as it is
     again = ceod_loss(torch.zeros(1, 2, dtype=torch.float64), torch.tensor([1]), inflated, mask, **kw)
-    assert again.od.item() == pytest.approx(2 / 16)
+    assert again.penalty.item() == pytest.approx(2 / 16)
     log = ceod_loss(torch.zeros(1, 2, dtype=torch.float64), torch.tensor([1]), inflated, mask, omega=1.0, tau=0.0,
                     kernel_size=1, kernel_value=1.0)
-    assert log.od.item() < 0.01  # the peak-normalised overlap is fooled by it
+    assert log.penalty.item() < 0.01  # the peak-normalised overlap is fooled by it

@@ -116,7 +116,7 @@ def test_reliance_is_high_where_aoi_energy_is_high_for_a_model_reading_a_decoy()
     model = _ReadsTheCorner(size)
     loss = CEODLoss(omega=1.0, tau=0.0, cam_score="margin")
     logits, feats = model(x)
-    heat = loss.heat(logits, feats, model.cam_head_weight, (size, size), differentiable=False)
+    heat = loss.heat_spec.heat(feats, logits, model.cam_head_weight, (size, size))
     energy = AOIEnergy().score(heat, aoi)
     assert energy.mean() > 0.8  # the heat map says "inside"
     prob = logits.softmax(1)[:, 1]

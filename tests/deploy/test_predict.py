@@ -185,3 +185,19 @@ def test_for_inference_folds_batch_norm_and_keeps_outputs_and_cam_layer():
     torch.testing.assert_close(heat[1], heat[0], rtol=1e-3, atol=1e-4)
     with pytest.raises(ValueError, match="eval mode"):
         fold_batchnorm(CustomCNN(in_chans=1).train())
+
+
+def test_class_names_are_spelled_once():
+    """"good"/"defect" come from ceod.data.samples.CLASS_NAMES: folders, manifests, predict's CSV, figures, tables."""
+    import re
+
+    from ceod.data import layout, samples, sources
+    from ceod.deploy import figures, predict as predict_module
+
+    assert samples.CLASS_NAMES == ("good", "defect")
+    assert layout.CLASS_DIRS == {0: "good", 1: "defect"} and sources.DEFAULT_CLASS_DIRS == {"good": 0, "defect": 1}
+    assert figures.CLASS_NAMES is samples.CLASS_NAMES is predict_module.CLASS_NAMES
+    pair = re.compile(r"""["']good["'][^\n]*["']defect["']""")
+    spelled = [str(p.relative_to(REPO)) for p in (REPO / "ceod").rglob("*.py")
+               if p.name != "samples.py" and pair.search(p.read_text())]
+    assert spelled == []

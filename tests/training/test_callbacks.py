@@ -3,6 +3,7 @@ CE vs CEOD overlays, checkpoints that load with weights_only=True and from plain
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -12,8 +13,12 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from ceod.training.callbacks import HeatMapFigures, InferenceRecord
+from ceod.core.cam import HeatSpec
+from ceod.deploy.checkpoint import heat_spec_of
 from ceod.errors import ConfigError
+from ceod.models.custom_cnn import CustomCNN
+from ceod.training.callbacks import HeatMapFigures, InferenceRecord
+from ceod.training.module import CEODModule
 
 REPO = Path(__file__).resolve().parents[2]
 FIGURES = ("val_heatmaps_best", "val_heatmaps_last", "val_heatmaps_epoch000", "val_heatmaps_epoch001",
@@ -67,13 +72,15 @@ def test_checkpoints_load_weights_only_with_inference_record(trained_run):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         record = ckpt["ceod_inference"]
         assert record["model"]["_target_"] == "ceod.models.custom_cnn.CustomCNN"
+        # the network is recorded once: the record holds the module's own hyper_parameters["model"] (one pickle)
+        assert record["model"] is ckpt["hyper_parameters"]["model"]
         assert record["preprocess"] == {"image_size": [48, 48], "channels": 1, "mean": [0.45], "std": [0.15]}
-        assert record["cam_score"] in ("logit", "margin") and record["defect_class"] == 1
+        assert heat_spec_of(record) == HeatSpec(defect_class=1, score="logit", sign="relu")  # loss=ce's
 
 
 def test_readme_plain_pytorch_snippet_runs(trained_run):
     """The README's five lines, run as written, score like ceod.deploy.predict's model."""
-    from ceod.deploy.predict import build_model, load_checkpoint
+    from ceod.deploy.checkpoint import build_model, load_checkpoint
 
     run, _ = trained_run
     readme = (REPO / "README.md").read_text()
@@ -107,8 +114,14 @@ def test_callbacks_group_composes_and_switches_off(make_cfg):
     cfg = make_cfg()
     kinds = {type(instantiate(c)) for c in cfg.callbacks.values() if c is not None}
     assert {HeatMapFigures, InferenceRecord} <= kinds
-    record = instantiate(cfg.callbacks.inference_record).record()
-    assert record["model"]["_target_"] == cfg.model._target_ and isinstance(record["model"], dict)
+    module = instantiate(cfg.module)
+    record = instantiate(cfg.callbacks.inference_record).record(None, module)
+    assert record["model"] is module.hparams["model"] and record["model"]["_target_"] == cfg.model._target_
+    assert heat_spec_of(record) == module.loss.heat_spec == HeatSpec(cfg.loss.defect_class, cfg.loss.cam_score,
+                                                                      cfg.loss.heat_sign)
+    assert record["preprocess"]["channels"] == cfg.data.channels
+    plain = CEODModule(CustomCNN(in_chans=1), instantiate(cfg.loss), functools.partial(torch.optim.Adamax))
+    assert InferenceRecord(32, 1).record(None, plain) is None  # a network object: nothing to rebuild it from
     off = make_cfg("callbacks.figures=null")
     assert off.callbacks.figures is None and off.callbacks.inference_record is not None
 

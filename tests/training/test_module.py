@@ -88,3 +88,51 @@ def test_train_od_is_averaged_over_contributing_images_only(tmp_path):
     trainer.fit(module, DataLoader(data, batch_size=1))
     assert 0 < int(data.y.sum()) < 16
     assert trainer.callback_metrics["train/od_active"].item() == pytest.approx(1.0)
+
+
+def _net(cam_block=None):
+    torch.manual_seed(0)
+    return CustomCNN(in_chans=1, channels=(4, 4, 8, 8), cam_block=cam_block)
+
+
+@pytest.mark.parametrize("cam_block, resolution", [(None, "image"), (2, "image"), (None, "cam")])
+def test_eval_aoi_metrics_are_the_old_heat_path_bitwise(tmp_path, cam_block, resolution):
+    """val/aoi_energy and val/pointing_game equal the pre-HeatSpec computation — the module's own Grad-CAM at the
+    image size (grad_cam called by hand) — on the closed-form and the autograd path, whatever the loss's resolution."""
+    from ceod.core.cam import grad_cam
+    from ceod.core.metrics import AOIEnergy, PointingGame
+
+    loss = CEODLoss(omega=0.1, tau=0.0, cam_score="margin", heat_sign="abs", resolution=resolution)
+    module = CEODModule(_net(cam_block), loss, functools.partial(torch.optim.Adamax, lr=0.01), reliance=())
+    loader = DataLoader(Blobs(24, 5), batch_size=8)
+    res = _trainer(tmp_path).validate(module, loader, verbose=False)[0]
+    net, energy, pointing = module.model.eval(), AOIEnergy(), PointingGame()
+    hw = net.cam_head_weight
+    assert (hw is None) == (cam_block is not None)
+    for b in loader:
+        with torch.set_grad_enabled(hw is None):
+            logits, feats = net(b["image"])
+            heat = grad_cam(feats, logits, 1, hw, create_graph=False, size=(16, 16), score="margin", sign="abs").detach()
+        energy.update(heat, b["mask"], b["label"])
+        pointing.update(heat, b["mask"], b["label"])
+    assert res["val/aoi_energy"] == energy.compute().item() and res["val/pointing_game"] == pointing.compute().item()
+    assert "val/od" in res
+
+
+@pytest.mark.parametrize("kind, name, in_eval", [("ceod", "od", True), ("rrr", "outside_grad", False),
+                                                 ("energy", "outside_heat", True), ("bg_random", None, False)])
+def test_each_loss_logs_its_penalty_under_its_own_name(tmp_path, kind, name, in_eval):
+    """CEOD keeps train/od, val/od; RRR's input-gradient penalty is train/outside_grad (not measured in eval),
+    energy's share of heat outside the AOI train/outside_heat; bg_random has no mask term to log."""
+    from ceod.core.losses.baselines import BackgroundRandomizationLoss, EnergyLoss, RRRLoss
+
+    loss = {"ceod": lambda: CEODLoss(omega=0.1, tau=0.0), "rrr": lambda: RRRLoss(omega=1.0),
+            "energy": lambda: EnergyLoss(omega=1.0), "bg_random": BackgroundRandomizationLoss}[kind]()
+    module = CEODModule(_net(), loss, functools.partial(torch.optim.Adamax, lr=0.01), reliance=())
+    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer.fit(module, DataLoader(Blobs(16, 3), batch_size=8), DataLoader(Blobs(16, 4), batch_size=8))
+    logged = set(trainer.callback_metrics)
+    penalties = {k for k in logged if k.split("/")[1] in ("od", "od_active", "outside_grad", "outside_grad_active",
+                                                          "outside_heat", "outside_heat_active")}
+    want = set() if name is None else {f"train/{name}", f"train/{name}_active"} | ({f"val/{name}"} if in_eval else set())
+    assert penalties == want

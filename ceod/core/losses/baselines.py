@@ -9,8 +9,9 @@
   replaced by noise with the image's own mean and spread: a shortcut outside the AOI cannot be learnt
   because it is never seen. The first thing a user would try.
 
-All take ``omega`` (λ) and the CAM options of :class:`ceod.core.losses.ceod.CEODOptions` (for the heat they log and
-the metrics use); ``penalty`` returns a :class:`ceod.core.losses.ceod.CEODOutput` whose ``od`` is the baseline's term.
+All take ``omega`` (λ) and the options of :class:`ceod.core.losses.base.LossOptions` (the heat map they log and the
+metrics use, counterfactual images); ``penalty`` returns a :class:`ceod.core.losses.base.LossOutput` whose ``penalty``
+is the baseline's own term, logged under its name: ``outside_grad`` (RRR), ``outside_heat`` (energy); bg_random has none.
 An all-zero AOI mask means "no mask for this image" for every one of them: it adds no mask term (RRR,
 energy) and its background is not randomised (bg_random) — so partially annotated batches train the
 unannotated images with plain CE.
@@ -23,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ceod.errors import ConfigError
-from ceod.core.losses.base import AttributionLoss
-from ceod.core.losses.ceod import CEODOptions, CEODOutput, annotated_count
+from ceod.core.losses.base import AttributionLoss, LossOptions, LossOutput
+from ceod.core.losses.ceod import annotated_count
 
 SWAP_KEYS = ("outside_swap", "swap_p", "consistency", "swap_dilation", "swap_feather")  # counterfactual training images (ceod.core.reliance), any loss
 CAM_KEYS = ("omega", "defect_class", "cam_score", "heat_sign", "omega_warmup_steps", "y_weighting", *SWAP_KEYS)
@@ -35,22 +36,23 @@ def _fp(t: Tensor) -> Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def _options(kind: str, keys: tuple[str, ...], options: dict, **fixed) -> CEODOptions:
+def _options(kind: str, keys: tuple[str, ...], options: dict, **fixed) -> LossOptions:
     """The shared option record from the options this baseline takes (anything else is a ConfigError)."""
     extra = sorted(set(options) - set(keys))
     if extra:
         raise ConfigError(f"loss.{extra[0]} is not an option of loss={kind}; its options: {', '.join(keys)}")
-    return CEODOptions.from_kwargs(**{**fixed, **options})
+    return LossOptions.from_kwargs(**{**fixed, **options})
 
 
-def _output(ce_i: Tensor, term_i: Tensor, contributes: Tensor, omega: float, aoi_mask: Tensor) -> CEODOutput:
-    """total = mean CE + ω·Σ term/N_a (N_a: images with an AOI, as CEOD's); od = mean term over contributing
-    images."""
-    term_i = torch.where(contributes, term_i, torch.zeros_like(term_i))
+def _output(ce_i: Tensor, term_i: Tensor | None, contributes: Tensor, omega: float, aoi_mask: Tensor) -> LossOutput:
+    """total = mean CE + ω·Σ term/N_a (N_a: images with an AOI, as CEOD's); penalty = mean term over contributing
+    images. ``term_i`` None: the loss measures no term here (penalty None, nothing contributes, total = mean CE)."""
+    measured = term_i is not None
+    term_i = torch.where(contributes, term_i, torch.zeros_like(term_i)) if measured else torch.zeros_like(ce_i)
     count = contributes.sum().clamp(min=1)
-    return CEODOutput(total=ce_i.mean() + omega * term_i.sum() / annotated_count(aoi_mask), ce=ce_i.mean(), od=term_i.sum() / count,
-                      overlap=torch.zeros_like(ce_i), contributes=contributes,
-                      active=(contributes & (term_i > 0)).sum() / count)
+    return LossOutput(total=ce_i.mean() + omega * term_i.sum() / annotated_count(aoi_mask), ce=ce_i.mean(),
+                      penalty=term_i.sum() / count if measured else None, overlap=torch.zeros_like(ce_i),
+                      contributes=contributes, active=(contributes & (term_i > 0)).sum() / count)
 
 
 def input_gradient_penalty(logits: Tensor, images: Tensor, aoi_mask: Tensor) -> Tensor:
@@ -74,6 +76,7 @@ class RRRLoss(AttributionLoss):
     (their setting: every image has one), good and defective alike; an image without one (all-zero mask) adds 0."""
 
     needs_input_grad = True
+    penalty_name = "outside_grad"  # Σ((1 − AOI)·∇_x Σ log p)², training only
 
     def __init__(self, **options) -> None:
         super().__init__(_options("rrr", CAM_KEYS, options, y_weighting=False))
@@ -85,11 +88,11 @@ class RRRLoss(AttributionLoss):
     def prepare_inputs(self, images: Tensor, aoi_mask: Tensor, target: Tensor) -> Tensor:
         return images.detach().requires_grad_(True) if torch.is_grad_enabled() else images
 
-    def penalty(self, logits, target, heat, aoi_mask, images, step) -> CEODOutput:
+    def penalty(self, logits, target, heat, aoi_mask, images, step) -> LossOutput:
         ce_i = F.cross_entropy(_fp(logits), target, reduction="none")
         weight = (target == self.defect_class) if self.opts.y_weighting else torch.ones_like(target, dtype=torch.bool)
         if images is None or not images.requires_grad or not torch.is_grad_enabled():
-            return _output(ce_i, torch.zeros_like(ce_i), torch.zeros_like(weight), 0.0, aoi_mask)  # eval: no input gradient
+            return _output(ce_i, None, torch.zeros_like(weight), 0.0, aoi_mask)  # eval: no input gradient
         if aoi_mask.shape[-2:] != images.shape[-2:]:
             raise ValueError(f"AOI mask {tuple(aoi_mask.shape)} does not match images {tuple(images.shape)}")
         term = input_gradient_penalty(logits, images, aoi_mask)
@@ -100,10 +103,12 @@ class RRRLoss(AttributionLoss):
 class EnergyLoss(AttributionLoss):
     """CE + λ·y·(1 − share of the positive defect-class heat inside the AOI) (Rao et al. 2023)."""
 
+    penalty_name = "outside_heat"  # share of the positive heat outside the AOI
+
     def __init__(self, **options) -> None:
         super().__init__(_options("energy", CAM_KEYS + ("resolution",), options))
 
-    def penalty(self, logits, target, heat, aoi_mask, images, step) -> CEODOutput:
+    def penalty(self, logits, target, heat, aoi_mask, images, step) -> LossOutput:
         ce_i = F.cross_entropy(_fp(logits), target, reduction="none")
         heat = _fp(heat)
         total = heat.sum(dim=(-2, -1))
@@ -124,9 +129,9 @@ class BackgroundRandomizationLoss(AttributionLoss):
     def prepare_inputs(self, images: Tensor, aoi_mask: Tensor, target: Tensor) -> Tensor:
         return randomize_background(images, aoi_mask)
 
-    def penalty(self, logits, target, heat, aoi_mask, images, step) -> CEODOutput:
+    def penalty(self, logits, target, heat, aoi_mask, images, step) -> LossOutput:
         ce_i = F.cross_entropy(_fp(logits), target, reduction="none")
-        return _output(ce_i, torch.zeros_like(ce_i), torch.zeros_like(target, dtype=torch.bool), 0.0, aoi_mask)
+        return _output(ce_i, None, torch.zeros_like(target, dtype=torch.bool), 0.0, aoi_mask)
 
 
 def randomize_background(images: Tensor, aoi_mask: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -20,28 +20,24 @@ and this is (1/N) Σ_i [CE_i + ω·y_i·OD_i]; with partial annotation (``data.m
 ``data.missing_masks=ce``: an all-zero mask) the mask term keeps the weight it has with every mask.
 
 An overlap that is undefined (empty AOI, all-zero heat) contributes OD = 0 and no gradient:
-the loss is finite for every input. All options live in one frozen :class:`CEODOptions`, validated once.
+the loss is finite for every input. All options live in one frozen :class:`CEODOptions` (the options every loss
+takes, :class:`ceod.core.losses.base.LossOptions`, plus CEOD's own), validated once.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ceod.core.losses.base import AttributionLoss
-from ceod.core.cam import HEAT_SIGNS
-from ceod.errors import ConfigError
-from ceod.core.reliance import DILATION_PX, FEATHER_PX, FILLS
+from ceod.core.losses.base import AttributionLoss, LossOptions, LossOutput
 
 FILTER_NORMALIZE = ("none", "clip", "sum")
 THRESHOLD_MODES = ("hard", "soft")
 OD_VARIANTS = ("log", "linear", "outside")
-CAM_SCORES = ("logit", "margin")
-RESOLUTIONS = ("image", "cam")
 
 
 def annotated_count(aoi_mask: Tensor) -> Tensor:
@@ -122,8 +118,9 @@ def outside_evidence(heat: Tensor, a_gt: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @dataclass(frozen=True)
-class CEODOptions:
-    """Every option of the CEOD loss, validated once (a bad value is a one-line ``loss.<key>`` error).
+class CEODOptions(LossOptions):
+    """Every option of the CEOD loss: those of every loss (:class:`ceod.core.losses.base.LossOptions`) and the
+    overlap distance's own, validated once (a bad value is a one-line ``loss.<key>`` error).
 
     Papers: ω = 0.001, τ = 0.5, filter 3×3 of 0.5 as is, CAM of the class logit, ReLU heat. Beyond the
     papers: ``filter_normalize`` (the literal filter saturates the clipped overlap), ``cam_score=margin``
@@ -132,8 +129,7 @@ class CEODOptions:
     own resolution, mask area-downsampled), ``omega_warmup_steps`` (ω ramps linearly from 0).
     """
 
-    omega: float = 1e-3
-    variant: str = "log"  # log | linear
+    variant: str = "log"  # log | linear | outside
     eps: float = 1e-7
     tau: float = 0.5
     threshold: str = "hard"  # hard | soft
@@ -141,77 +137,24 @@ class CEODOptions:
     kernel_size: int = 3
     kernel_value: float = 0.5
     filter_normalize: str = "none"  # none | clip | sum
-    y_weighting: bool = True
-    defect_class: int = 1
-    cam_score: str = "logit"  # logit | margin
-    heat_sign: str = "relu"  # relu | abs
-    resolution: str = "image"  # image | cam
-    omega_warmup_steps: int = 0
-    # counterfactual training (ceod.core.reliance): each training image's outside replaced by another image's
-    # (swap) or by noise/blur; with consistency > 0 the composites are added to the batch and the symmetric
-    # KL between the prediction on an image and on its composite is penalised with this weight
-    outside_swap: str = "none"  # none | swap | blur | noise
-    swap_p: float = 1.0  # share of the images replaced by their composite (consistency = 0)
-    consistency: float = 0.0
-    swap_dilation: int = DILATION_PX  # px the AOI is widened by before its outside is replaced
-    swap_feather: int = FEATHER_PX  # px the seam is blended over
 
     def __post_init__(self) -> None:
-        for key, allowed in (("variant", OD_VARIANTS), ("threshold", THRESHOLD_MODES), ("cam_score", CAM_SCORES),
-                             ("filter_normalize", FILTER_NORMALIZE), ("heat_sign", HEAT_SIGNS),
-                             ("resolution", RESOLUTIONS), ("outside_swap", ("none", *FILLS))):
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"loss.{key} must be one of {allowed}, got {getattr(self, key)!r}")
-        checks = (
-            ("omega", self.omega >= 0, "≥ 0"), ("eps", 0.0 < self.eps < 0.5, "in (0, 0.5)"),
-            ("tau", 0.0 <= self.tau < 1.0, "in [0, 1)"), ("temperature", self.temperature > 0, "> 0"),
+        super().__post_init__()
+        self._check_choices((("variant", OD_VARIANTS), ("threshold", THRESHOLD_MODES),
+                             ("filter_normalize", FILTER_NORMALIZE)))
+        self._check_values((
+            ("eps", 0.0 < self.eps < 0.5, "in (0, 0.5)"), ("tau", 0.0 <= self.tau < 1.0, "in [0, 1)"),
+            ("temperature", self.temperature > 0, "> 0"),
             ("kernel_size", self.kernel_size >= 1 and self.kernel_size % 2 == 1, "a positive odd number"),
-            ("kernel_value", self.kernel_value > 0, "> 0"), ("defect_class", self.defect_class in (0, 1), "0 or 1"),
-            ("omega_warmup_steps", self.omega_warmup_steps >= 0, "≥ 0"),
-            ("swap_p", 0.0 <= self.swap_p <= 1.0, "in [0, 1]"), ("consistency", self.consistency >= 0, "≥ 0"),
-            ("swap_dilation", self.swap_dilation >= 0, "≥ 0"), ("swap_feather", self.swap_feather >= 0, "≥ 0"),
-        )
-        for key, ok, what in checks:
-            if not ok:
-                raise ConfigError(f"loss.{key} must be {what}, got {getattr(self, key)}")
-
-    @classmethod
-    def from_kwargs(cls, **kwargs) -> "CEODOptions":
-        """Options from keyword arguments; an unknown or mistyped one is a ConfigError naming ``loss.<key>``."""
-        known = {f.name: f.type for f in fields(cls)}
-        for key, value in kwargs.items():
-            if key not in known:
-                raise ConfigError(f"loss.{key} is not an option of this loss; options: {', '.join(known)}")
-            want = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,)}[known[key]]
-            if not isinstance(value, want) or (isinstance(value, bool) and known[key] != "bool"):
-                raise ConfigError(f"loss.{key} must be a {known[key]}, got {value!r}")
-        return cls(**kwargs)
-
-    def omega_at(self, step: int | None) -> float:
-        """ω at a training step (linear warm-up over ``omega_warmup_steps``; the full ω when step is None)."""
-        if step is None or self.omega_warmup_steps == 0:
-            return self.omega
-        return self.omega * min(1.0, (step + 1) / self.omega_warmup_steps)
-
-
-@dataclass
-class CEODOutput:
-    """``total`` is what to back-propagate; the rest are parts for logging."""
-
-    total: Tensor  # scalar: mean CE + ω · Σ y·OD / N_a (N_a: images with an AOI)
-    ce: Tensor  # scalar: mean cross-entropy
-    od: Tensor  # scalar: mean OD (or baseline penalty) over the images that contribute (0 when none do)
-    overlap: Tensor  # B: per-image overlap coefficient (0 where undefined)
-    contributes: Tensor  # B bool: images whose OD enters the loss
-    active: Tensor  # scalar: share of contributing images whose OD has a gradient (not clipped)
-    consistency: Tensor | None = None  # scalar: mean symmetric KL image ↔ composite (loss.consistency > 0)
+            ("kernel_value", self.kernel_value > 0, "> 0"),
+        ))
 
 
 def ceod_loss(logits: Tensor, target: Tensor, heat: Tensor, aoi_mask: Tensor, options: CEODOptions | None = None,
-              step: int | None = None, **kwargs) -> CEODOutput:
+              step: int | None = None, **kwargs) -> LossOutput:
     """CEOD = mean_i(CE_i + ω·y_i·OD_i) for logits B×C, target B, heat and aoi_mask B×h×w (same size).
 
-    ``heat`` is the defect-class heat (see :meth:`AttributionLoss.heat`); options come from ``options`` or
+    ``heat`` is the defect-class heat (:meth:`ceod.core.cam.HeatSpec.heat`); options come from ``options`` or
     keyword arguments (``ceod_loss(..., omega=0.1, tau=0)``). ``y_weighting=False`` lets every image
     contribute its OD (the workshop variant). ``step`` drives the ω warm-up.
     """
@@ -245,18 +188,20 @@ def ceod_loss(logits: Tensor, target: Tensor, heat: Tensor, aoi_mask: Tensor, op
         else:
             live = contributes & (overlap < 1)
         active = live.sum() / contributes.sum().clamp(min=1)
-        return CEODOutput(total=total, ce=ce, od=od, overlap=overlap, contributes=contributes, active=active)
+        return LossOutput(total=total, ce=ce, penalty=od, overlap=overlap, contributes=contributes, active=active)
 
 
 class CEODLoss(AttributionLoss):
     """CE + ω·y·OD with the Grad-CAM computed inside (second order when it needs autograd).
 
     ``CEODLoss(omega=1e-3, tau=0.5, ...)`` — keyword options of :class:`CEODOptions`. ``omega = 0`` is
-    plain cross-entropy: the OD is still computed, without a graph, for logging.
+    plain cross-entropy: the OD is still computed, without a graph, for logging (``train/od``).
     """
+
+    penalty_name = "od"
 
     def __init__(self, **options) -> None:
         super().__init__(CEODOptions.from_kwargs(**options))
 
-    def penalty(self, logits, target, heat, aoi_mask, images, step) -> CEODOutput:
+    def penalty(self, logits, target, heat, aoi_mask, images, step) -> LossOutput:
         return ceod_loss(logits, target, heat, aoi_mask, self.opts, step=step)

@@ -18,19 +18,17 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
-from ceod.deploy import figures
 from ceod.console import info
+from ceod.deploy import figures
+from ceod.deploy.checkpoint import network_weights
+from ceod.deploy.predict import score_images
 
 
 def defect_heat(model: torch.nn.Module, pl_module: L.LightningModule,
                 images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(P(defect) B, Grad-CAM heat of the defect class B×H×W) of ``model`` for B×C×H×W images, detached on
-    the CPU; defect class and CAM score are ``pl_module``'s."""
-    from ceod.deploy.predict import score_images
-
-    opts = getattr(getattr(pl_module, "loss", None), "opts", None)  # the loss's CAM: score and sign
-    prob, heat = score_images(model, images, int(getattr(pl_module, "defect_class", 1)),
-                              getattr(opts, "cam_score", "logit"), getattr(opts, "heat_sign", "relu"))
+    """(P(defect) B, the defect-class heat map B×H×W) of ``model`` for B×C×H×W images, detached on the CPU;
+    the heat map is the one ``pl_module``'s loss trains and the checkpoint records (``loss.heat_spec``)."""
+    prob, heat = score_images(model, images, pl_module.loss.heat_spec)
     return prob.cpu(), heat.cpu()
 
 
@@ -128,8 +126,7 @@ class HeatMapFigures(Callback):
                 best_epoch = int(ckpt.get("epoch", -1))
                 if best_epoch != trainer.current_epoch:
                     net = copy.deepcopy(pl_module.model)
-                    net.load_state_dict({k[len("model."):]: v for k, v in ckpt["state_dict"].items()
-                                         if k.startswith("model.")})
+                    net.load_state_dict(network_weights(ckpt["state_dict"]))
                     best = self._snapshot(net.eval(), pl_module, batch)
                     del net
         finally:
@@ -151,7 +148,7 @@ class HeatMapFigures(Callback):
             return
         with torch.no_grad():
             logits = pl_module.model(batch["image"])[0]
-        prob = logits.float().softmax(dim=1)[:, int(getattr(pl_module, "defect_class", 1))].cpu()
+        prob = logits.float().softmax(dim=1)[:, pl_module.loss.heat_spec.defect_class].cpu()
         label = batch["label"].cpu()
         self._test["label"] += label.tolist()
         self._test["prob"] += prob.tolist()
@@ -200,5 +197,5 @@ def _threshold(pl_module: L.LightningModule) -> float:
 def _tau(pl_module: L.LightningModule) -> float:
     """The loss's hottest-pixel fraction τ (drawn as a contour); 0.5 when the loss has none or uses the
     whole heat map (τ = 0), where a contour at 0 would outline everything."""
-    tau = getattr(getattr(getattr(pl_module, "loss", None), "opts", None), "tau", 0.0)
+    tau = getattr(pl_module.loss.opts, "tau", 0.0)  # CEOD's option; the baselines have none
     return float(tau) if tau > 0 else 0.5
