@@ -21,7 +21,7 @@ from ceod.benchmarks.generated import generator_tag
 from ceod.data.samples import CLASS_NAMES
 from ceod.errors import ConfigError
 from ceod.training.faults import SIGTERM_EXIT, Preemption, progress
-from ceod.console import echo, info, log_to_file
+from ceod.console import echo, info, log_to_file, quiet_lightning
 from ceod.training.resume import resume_checkpoint
 from ceod.training.run_dir import RunState, config_record, failure_marker, is_rank_zero, run_id
 from ceod.training.schema import validate
@@ -110,6 +110,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
 
     out_dir, record, ckpt_path, ckpt = _start(cfg)
+    quiet_lightning()
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate_at(cfg, "data")
@@ -140,7 +141,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 results["best/" + str(cb.monitor)] = float(cb.best_model_score)
         if cfg.get("test", True):
             test_ckpt = best or (ckpt_path if not cfg.get("train", True) else None)
-            trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt)
+            trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)  # ours: format_results
             results.update({k: float(v) for k, v in trainer.callback_metrics.items()})
             if trainer.is_global_zero:
                 echo(format_results(results, module.confusion.get("test")))

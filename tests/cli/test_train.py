@@ -69,6 +69,22 @@ def test_cli_end_to_end(run_cli, tmp_path):
     assert len(list((tmp_path / "data").glob("synthetic_zipper_seed0_*/manifest.csv"))) == 1  # own cache folder
 
 
+def test_a_run_ends_with_one_table_and_no_lightning_noise(run_cli):
+    """A tiny real run (no terminal): our result table only, no Lightning tip or warning about its own code, no
+    progress bar of ours; Lightning's other messages stay (the filters are targeted)."""
+    r = run_cli("trainer.max_epochs=1", "+data.generator={n_good:16,n_defect:16}", "data.image_size=32",
+                "data.batch_size=8", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+                "callbacks.figures=null", "logger=none", "hydra.run.dir=out", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    both = r.stdout + r.stderr
+    assert r.stdout.count("test results") == 1 and "confusion matrix" in r.stdout
+    assert "Test metric" not in both and "DataLoader 0" not in both  # Lightning's test table
+    assert "💡" not in both and "litlogger" not in both and "litmodels" not in both, r.stderr
+    assert "LeafSpec" not in both and "_pytree" not in both, r.stderr
+    assert "check images" not in both and "generate:" not in both  # bars only on a terminal
+    assert "Seed set to 0" in r.stderr and "`Trainer.fit` stopped" in r.stderr
+
+
 @pytest.mark.parametrize("args, culprit", [
     (["trainer.max_epoch=3"], "trainer.max_epoch"),
     (["data=nosuch"], "data/nosuch"),
