@@ -44,6 +44,7 @@ from ceod.aoi.models import ForestAOI, NetAOI
 from ceod.data.layout import atomic_directory, require_empty
 from ceod.data.samples import IMAGE_SUFFIXES, index_masks, load_image, load_mask
 from ceod.aoi.zipper import work_gray
+from ceod.console import progress_bar
 from ceod.core.threads import one_thread
 from ceod.errors import ConfigError, DataError
 
@@ -117,7 +118,7 @@ def run_fit(a: argparse.Namespace) -> str:
         scores = [iou(predict_mask(model, found[key], a.size), load_mask(drawn[key]).numpy() > 0) for key in held]
     held_iou = float(np.mean(scores)) if scores else float("nan")
     with atomic_directory(out, class_dirs=False) as tmp, one_thread():
-        for key, image in found.items():
+        for key, image in progress_bar(found.items(), "write AOIs", len(found), "image"):
             dest = tmp / key.with_suffix(".png")
             dest.parent.mkdir(parents=True, exist_ok=True)
             mask = load_mask(drawn[key]).numpy() > 0 if key in drawn else predict_mask(model, image, a.size)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from ceod.console import progress_bar
 from ceod.data.samples import resize_image, resize_mask
 from ceod.data.transforms import batch_augment
 
@@ -104,7 +105,7 @@ class NetAOI:
         opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=self.steps, pct_start=0.15)
         self.model.train()
-        for _ in range(self.steps):
+        for _ in progress_bar(range(self.steps), "fit AOI net", unit="step"):
             idx = torch.randint(len(xs), (self.batch,), generator=gen)
             x, y = batch_augment(xs[idx], ys[idx], scale=(0.7, 1.0), hflip=0.5, vflip=0.5, degrees=10,
                                  generator=gen)  # zero padding = the mean grey

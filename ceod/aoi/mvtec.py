@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from ceod.console import progress_bar
 from ceod.data.samples import binarize_mask, read_array, resize_mask, to_image_tensor
 from ceod.aoi.zipper import background, estimate_zipper_aoi, work_gray
 from ceod.errors import DataError
@@ -80,8 +81,9 @@ def attach_aois(recs: list[dict], source: str, out: Path | None = None, margin: 
     ``out``, mirroring MVTec's tree) or ``given`` (``r["aoi"]`` already set). → the kept records."""
     threads = max(1, min(4, os.cpu_count() or 1))
     args = (source, out, margin, threshold, geometry)
+    desc = "estimate AOIs" if source == "estimated" else "read AOIs"
     with ThreadPoolExecutor(threads) as pool:
-        results = list(pool.map(lambda r: _one(r, *args), recs))
+        results = list(progress_bar(pool.map(lambda r: _one(r, *args), recs), desc, len(recs), "image"))
     kept = []
     for r, res in zip(recs, results):
         if "error" in res:

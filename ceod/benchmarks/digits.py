@@ -137,7 +137,7 @@ def generate(out: str | Path, cfg: DigitsConfig | None = None, overwrite: bool =
             img, aoi, geom = make_sample(cfg, scans[src], i, label, split)
             yield img, aoi, label, split, {"digit": int(digits[src]), "scan": src, **geom}
 
-    return write_generated(Path(out), samples(), GENERATOR_ID, GENERATOR_VERSION, cfg, overwrite)
+    return write_generated(Path(out), samples(), GENERATOR_ID, GENERATOR_VERSION, cfg, overwrite, len(keep))
 
 
 def config_for(variant: str = "decoy_digits", **overrides) -> DigitsConfig:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ceod.console import progress_bar
 from ceod.data.layout import CLASS_DIRS, atomic_directory, require_empty, write_manifest
 from ceod.data.samples import split_by_class
 from ceod.errors import CeodError
@@ -38,13 +39,14 @@ def seeded_split(seed: int, labels: np.ndarray, fractions: tuple[float, float, f
 
 
 def write_generated(out: Path, samples: Iterable[tuple[np.ndarray, np.ndarray, int, str, dict]], generator: str,
-                    version: int, cfg, overwrite: bool = False) -> Path:
+                    version: int, cfg, overwrite: bool = False, total: int | None = None) -> Path:
     """Write ``samples`` — (image H×W float in [0, 1], AOI H×W bool, label, split, geometry record) — to ``out``
-    in the folder layout, with ``meta.json`` naming the generator, its version and ``cfg`` (a dataclass)."""
+    in the folder layout, with ``meta.json`` naming the generator, its version and ``cfg`` (a dataclass).
+    ``total``: how many samples come (for the progress bar on a terminal)."""
     require_empty(out, overwrite, "overwrite=True / --overwrite")
     with atomic_directory(out) as tmp:
         rows, geoms = [], []
-        for i, (img, aoi, label, split, geom) in enumerate(samples):
+        for i, (img, aoi, label, split, geom) in enumerate(progress_bar(samples, "generate", total, "image")):
             rel_img, rel_mask = f"images/{CLASS_DIRS[label]}/{i:05d}.png", f"masks/{CLASS_DIRS[label]}/{i:05d}.png"
             Image.fromarray((img * 255 + 0.5).astype(np.uint8), mode="L").save(tmp / rel_img)
             Image.fromarray(aoi.astype(np.uint8) * 255, mode="L").save(tmp / rel_mask)

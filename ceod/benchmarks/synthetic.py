@@ -273,7 +273,7 @@ def generate(out: str | Path, cfg: SyntheticConfig | None = None, overwrite: boo
             img, aoi, geom = make_sample(cfg, i, label, split)
             yield img, aoi, label, split, geom
 
-    return write_generated(Path(out), samples(), GENERATOR_ID, GENERATOR_VERSION, cfg, overwrite)
+    return write_generated(Path(out), samples(), GENERATOR_ID, GENERATOR_VERSION, cfg, overwrite, len(labels))
 
 
 def config_for(variant: str = "synthetic_zipper", **overrides) -> SyntheticConfig:

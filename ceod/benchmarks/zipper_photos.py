@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ceod.console import progress_bar
+
 SEAM = 0.03  # seam width beside the chain, fraction of S (part of the AOI)
 TEETH_TYPES = ("broken_teeth", "rough", "split_teeth", "squeezed_teeth")
 FABRIC_TYPES = ("fabric_border", "fabric_interior")
@@ -143,6 +145,7 @@ def build_mvtec_tree(root: str | Path, layout=LAYOUT, size: int = 256, large: in
     """
     root = Path(root)
     n = 0
+    bar = progress_bar(desc="generate", total=sum(count for _, count in layout), unit="image")
     for folder, count in layout:
         kind = folder.split("/")[1]
         for i in range(count):
@@ -155,4 +158,6 @@ def build_mvtec_tree(root: str | Path, layout=LAYOUT, size: int = 256, large: in
                 _save(p["teeth"] | p["fabric"], root / "zipper" / "ground_truth" / kind / f"{i:03d}_mask.png")
                 _save(p["teeth"], root / "truth" / "teeth" / folder / f"{i:03d}.png")
                 _save(p["fabric"], root / "truth" / "fabric" / folder / f"{i:03d}.png")
+            bar.update()
+    bar.close()
     return root

@@ -38,7 +38,7 @@ from ceod.data.samples import (
     to_image_tensor,
 )
 from ceod.errors import ConfigError, DataError
-from ceod.console import info
+from ceod.console import info, progress_bar
 
 MISSING_MASKS = ("error", "ce")
 
@@ -188,11 +188,12 @@ class Checks:
     def check_files(self, samples: list[Sample]) -> Report:
         """Read every file per ``check``; apply the corrupt/size/binary policies."""
         threads = max(1, min(8, os.cpu_count() or 1))
+        bar = dict(desc=f"check images ({self.check})", total=len(samples), unit="image")
         if threads > 1 and len(samples) > 8:
             with ThreadPoolExecutor(threads) as pool:
-                results = list(pool.map(self._inspect, samples))
+                results = list(progress_bar(pool.map(self._inspect, samples), **bar))
         else:
-            results = [self._inspect(s) for s in samples]
+            results = [self._inspect(s) for s in progress_bar(samples, **bar)]
         corrupt = [(s, r["corrupt"]) for s, r in zip(samples, results) if "corrupt" in r]
         if corrupt and not self.skip_corrupt:
             raise DataError(f"{corrupt[0][1]} ({len(corrupt)} unreadable file(s); "

@@ -32,6 +32,7 @@ from ceod.data.layout import prepare_out, write_csv
 from ceod.data.samples import CLASS_NAMES
 from ceod.deploy import figures
 from ceod.deploy.checkpoint import RECORD_KEY, build_model, heat_spec_of, load_checkpoint, threshold_of
+from ceod.console import progress_bar
 from ceod.deploy.network import as_input, for_inference
 from ceod.errors import CeodError, ConfigError, DataError
 from ceod.models import cam_head_weight
@@ -154,16 +155,13 @@ def predict(ckpt: str, input: str, out: str, threshold: float | None = None, hea
 def _score_all(model: nn.Module, record: dict, images: list[tuple[Path, str]], thr: float, heat_dir: Path | None,
                batch_size: int, dev: torch.device, num_workers: int | None, progress: bool | None) -> tuple[list, list]:
     """Batches through the model → (csv rows, [(path, reason)] skipped); heat maps written to ``heat_dir``."""
-    from tqdm import tqdm
-
     names = heatmap_names([n for _, n in images])
     workers = _workers(num_workers, dev)
     loader = DataLoader(ImageFiles([p for p, _ in images], record["preprocess"]), batch_size=batch_size,
                         num_workers=workers, pin_memory=dev.type == "cuda")
     rows, skipped, pending = [], [], deque()
     spec = heat_spec_of(record)
-    batches = iter(tqdm(loader, desc="predict", unit="batch", file=sys.stderr,
-                        disable=(not progress) if progress is not None else None))
+    batches = iter(progress_bar(loader, "predict", unit="batch", enabled=progress))
     # PNG encoding (PIL releases the GIL) overlaps the next batch: one thread on a CPU run, whose cores the
     # forward keeps busy; on a GPU the CPU's cores are free for it
     with ThreadPoolExecutor(max_workers=1 if dev.type == "cpu" else max(2, workers)) as writer:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from ceod.console import progress_bar
 from ceod.errors import DataError
 
 USAGE = "python -m ceod.report DIR [seeds=seed] [out=DIR]"
@@ -93,7 +94,8 @@ def find_runs(root: Path) -> list[Run]:
     """Every run below ``root`` (``root`` itself included), sorted by path."""
     if not root.is_dir():
         raise DataError(f"report folder not found: {root}")
-    runs = [read_run(p.parent.parent) for p in sorted(root.rglob("csv/metrics.csv"))]
+    logs = sorted(root.rglob("csv/metrics.csv"))
+    runs = [read_run(p.parent.parent) for p in progress_bar(logs, "read runs", len(logs), "run")]
     runs = [r for r in runs if r is not None]
     if not runs:
         raise DataError(f"no runs with metrics under {root} (looked for */csv/metrics.csv beside a config.yaml; "
