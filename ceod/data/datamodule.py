@@ -44,12 +44,13 @@ MANIFEST_NAME = "data_manifest.csv"
 
 @dataclass(frozen=True)
 class Loaders:
-    """``data.batch_size``, ``num_workers``, ``pin_memory`` (auto: on with CUDA), ``persistent_workers``."""
+    """``data.batch_size``, ``num_workers``, ``pin_memory`` (auto: on with CUDA), ``persistent_workers``; no defaults
+    here: the DataModule passes its own (the one place below)."""
 
-    batch_size: int = 32
-    num_workers: int = 0
-    pin_memory: bool | str = "auto"
-    persistent_workers: bool = True
+    batch_size: int
+    num_workers: int
+    pin_memory: bool | str
+    persistent_workers: bool
 
     def __post_init__(self) -> None:
         pin = torch.cuda.is_available() if self.pin_memory == "auto" else bool(self.pin_memory)
@@ -82,18 +83,23 @@ def make_source(source: Source | Callable[..., Source], root: str | None, option
 
 
 class DefectDataModule(L.LightningDataModule):
-    """Serves train/val/test loaders of dict batches from the samples of ``source`` (see the module docstring)."""
+    """Serves train/val/test loaders of dict batches from the samples of ``source`` (see the module docstring).
+
+    The keyword defaults are those of ``conf/data/datamodule.yaml`` (the user-facing defaults, which every
+    ``conf/data`` config inherits), so a DataModule made in Python trains as ``data=folder`` does;
+    tests/data/test_defaults.py fails when the two differ (``mask_seed``/``manifest_out`` are wired to the run
+    there: ``${seed}``, ``${paths.output_dir}``)."""
 
     def __init__(self, root: str | None = None, source: Source | Callable[..., Source] = FolderTree, *,
                  image_size: int | Sequence[int] = 128, channels: int = 1, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, augment: bool = False, augment_on: str = "loader",
+                 std: Sequence[float] | None = None, augment: bool = True, augment_on: str = "loader",
                  aug_scale: Sequence[float] = (0.8, 1.0), aug_ratio: Sequence[float] = (0.75, 4 / 3),
                  aug_hflip: float = 0.5, aug_vflip: float = 0.0, aug_degrees: float = 10.0,
                  mask_threshold: float = 0.5, nonbinary_masks: str = "threshold", mask_size_mismatch: str = "error",
                  check: str = "decode", skip_corrupt: bool = False, cache: bool = True,
                  mask_fraction: float = 1.0, missing_masks: str = "error", mask_noise: str | None = None,
                  mask_seed: int = 0,
-                 manifest_out: str | None = None, batch_size: int = 32, num_workers: int = 0,
+                 manifest_out: str | None = None, batch_size: int = 32, num_workers: int = 2,
                  pin_memory: bool | str = "auto", persistent_workers: bool = True, **source_options) -> None:
         super().__init__()
         self.source = make_source(source, root, source_options)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
 
+from ceod import CONF_DIR
 from ceod.models.custom_cnn import CustomCNN
 from ceod.training.pipeline import train
 from ceod.training.user_errors import one_line
@@ -31,24 +34,40 @@ def test_fast_dev_run_from_composed_config(make_cfg, tiny_root, loss):
     results = train(cfg)
     assert {"train/loss", "test/auroc", "test/acc", "test/f1", "test/aoi_energy", "test/pointing_game"} <= set(results)
     assert all(v == v for k, v in results.items() if k.startswith("train/"))  # no NaN
-    assert cfg.loss.omega == {"ce": 0.0, "ceod": 1.0, "ceod_linear": 0.001}[loss]
 
 
-def test_default_config_is_ceod_on_synthetic_zipper(make_cfg):
+def test_default_run_is_the_recommended_loss_on_the_synthetic_zipper(make_cfg):
+    """`python -m ceod.train` with no arguments: the README's recommended loss and benchmark, and an optimizer and
+    trainer the CAM losses can run with (gradients in evaluation: inference_mode off)."""
     cfg = make_cfg()
-    assert cfg.loss._target_ == "ceod.core.losses.ceod.CEODLoss" and cfg.loss.omega == 1.0
-    assert cfg.data.variant == "synthetic_zipper" and cfg.data.batch_size == 32
-    assert cfg.optimizer._target_ == "torch.optim.Adamax" and cfg.optimizer.lr == 0.002
-    assert cfg.trainer.inference_mode is False
+    assert cfg.loss == make_cfg("loss=ceod_swap").loss and cfg.data == make_cfg("data=synthetic_zipper").data
     opt = instantiate(cfg.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))])
-    assert isinstance(opt, torch.optim.Adamax)
+    assert isinstance(opt, torch.optim.Optimizer) and opt.defaults["lr"] == cfg.optimizer.lr
+    assert cfg.trainer.inference_mode is False
 
 
-@pytest.mark.parametrize("experiment", ["synthetic_zipper", "synthetic_zipper_decoy"])
-def test_experiments_compose(make_cfg, experiment):
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+
+
+def leaves(node, prefix="") -> set[str]:
+    """The dotted paths of a config's leaves (a dict-valued default counts as its keys)."""
+    if not isinstance(node, dict):
+        return {prefix}
+    return set().union(*(leaves(v, f"{prefix}{k}.") for k, v in node.items())) if node else {prefix}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_each_experiment_only_overrides(make_cfg, experiment):
+    """An experiment chooses groups and overrides keys; it adds none the same group choices do not already have
+    (a key only an experiment has would be a default living outside its group's file)."""
+    defaults = OmegaConf.load(Path(CONF_DIR) / "experiment" / f"{experiment}.yaml").defaults
+    choices = [f"{k.removeprefix('override /')}={v}" for d in defaults for k, v in d.items()]
+    with_exp, plain = (OmegaConf.to_container(make_cfg(*over), resolve=False)
+                       for over in ([f"+experiment={experiment}"], choices))
+    added = leaves(with_exp) - leaves(plain)
+    assert not added, f"+experiment={experiment} adds {sorted(added)}"
     cfg = make_cfg(f"+experiment={experiment}", "trainer.max_epochs=3", "data.batch_size=16")
-    assert cfg.data.variant == experiment and cfg.task_name == experiment
-    assert cfg.trainer.max_epochs == 3 and cfg.data.batch_size == 16
+    assert cfg.task_name == experiment and cfg.trainer.max_epochs == 3 and cfg.data.batch_size == 16
 
 
 @pytest.mark.slow
@@ -150,14 +169,14 @@ def test_generator_list_values_and_requeue_resume(make_cfg, tmp_path, capsys):
     assert "best/val/auroc" in again
 
 
-def test_loss_configs_instantiate(make_cfg):
-    for name, expect in (("ce", dict(omega=0.0)),
-                         ("ceod_paper", dict(omega=0.001, variant="log", filter_normalize="none", tau=0.5, cam_score="logit")),
-                         ("ceod", dict(omega=1.0, variant="log", filter_normalize="clip", kernel_size=17, kernel_value=1.0,
-                                       tau=0.0, cam_score="margin")),
-                         ("ceod_linear", dict(variant="linear")),
-                         ("ceod_normalized", dict(omega=0.1, tau=0.0, filter_normalize="sum"))):
-        loss = instantiate(make_cfg(f"loss={name}").loss)
-        for key, value in expect.items():
-            got = getattr(loss.opts, key)
-            assert got == value, (name, key, got)
+LOSSES = sorted(p.stem for p in (Path(CONF_DIR) / "loss").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_each_loss_preset_reaches_the_instantiated_loss(make_cfg, name):
+    """Every key of a composed loss preset is an option of the loss built from it, with the preset's value."""
+    cfg = make_cfg(f"loss={name}").loss
+    loss = instantiate(cfg)
+    given = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "_target_"}
+    got = {k: getattr(loss.opts, k) for k in given}
+    assert got == given and type(loss) is get_class(cfg._target_)

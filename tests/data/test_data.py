@@ -226,7 +226,7 @@ def test_mask_size_mismatch_error_or_resize(tmp_path):
     Image.open(m).resize((16, 16), Image.NEAREST).save(m)
     with pytest.raises(DataError, match=r"AOI mask 16×16 ≠ image 32×32 for .*02.png.*mask_size_mismatch=resize"):
         FolderDataModule(str(root), split=(0.5, 0.25, 0.25)).setup()
-    dm = FolderDataModule(str(root), split=(0.5, 0.25, 0.25), mask_size_mismatch="resize", image_size=32)
+    dm = FolderDataModule(str(root), split=(0.5, 0.25, 0.25), mask_size_mismatch="resize", image_size=32, augment=False)
     dm.setup()
     assert dm.report["mask_resized"] == 1
     i, split = next((i, k) for k, v in dm.samples.items() for i, s in enumerate(v) if s.mask == m)

@@ -211,7 +211,7 @@ def test_schema_rejects_bad_values_before_any_data_is_read(make_cfg):
 
     for override, match in (("data.mask_fraction=2", r"data\.mask_fraction=2: must lie in \[0, 1\]"),
                             ("data.mask_noise=blur:2", r"data\.mask_noise='blur:2': unknown perturbation 'blur'"),
-                            ("+data.missing_masks=maybe", r"data\.missing_masks='maybe': must be error or ce"),
+                            ("data.missing_masks=maybe", r"data\.missing_masks='maybe': must be error or ce"),
                             ("data.mask_fraction=abc", r"data\.mask_fraction='abc': must be a number")):
         with pytest.raises(ConfigError, match=match):
             validate(make_cfg("+experiment=decoy_digits", override))
