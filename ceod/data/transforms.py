@@ -111,15 +111,16 @@ def batch_augment(
 class Augment:
     """The train-only augmentation of a DataModule (``data.augment``, ``augment_on``, ``aug_*``): per sample in
     the loader workers (``on: loader``, :func:`train_transform`), or batched on the device after the transfer
-    (``on: device``, :func:`batch_augment`). Bad parameters are a ConfigError when it is made."""
+    (``on: device``, :func:`batch_augment`). Bad parameters are a ConfigError when it is made. No defaults here:
+    the DataModule passes its own (conf/data/datamodule.yaml's)."""
 
-    enabled: bool = False
-    on: str = "loader"
-    scale: Sequence[float] = (0.8, 1.0)
-    ratio: Sequence[float] = (0.75, 4 / 3)
-    hflip: float = 0.5
-    vflip: float = 0.0
-    degrees: float = 10.0
+    enabled: bool
+    on: str
+    scale: Sequence[float]
+    ratio: Sequence[float]
+    hflip: float
+    vflip: float
+    degrees: float
 
     def __post_init__(self) -> None:
         if self.on not in ("loader", "device"):
