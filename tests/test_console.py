@@ -3,6 +3,7 @@ pipes and pseudo-terminals, no mocks."""
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import io
 import os
@@ -11,6 +12,7 @@ import struct
 import subprocess
 import sys
 import termios
+from pathlib import Path
 
 from ceod.console import global_rank, progress_bar
 
@@ -107,3 +109,27 @@ def test_generating_a_benchmark_shows_its_bar_on_a_terminal(tmp_path):
     args = ("-m", "ceod.cli.synthetic", "--n-good", "5", "--n-defect", "4", "--size", "32")
     out, err = _run_probe(True, args=(*args, "--out", str(tmp_path / "tty")))
     assert "generate" in err and "9/9" in err and out.startswith("wrote 5 good + 4 defective"), (out, err)
+
+
+def _printed_messages(path: Path) -> list[str]:
+    """``print`` calls in ``path`` whose text starts like a console message (``[ceod] …``, ``warning: …``)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print" and node.args:
+            first = node.args[0]
+            part = first.values[0] if isinstance(first, ast.JoinedStr) and first.values else first
+            text = part.value if isinstance(part, ast.Constant) and isinstance(part.value, str) else ""
+            if text.startswith(("[ceod]", "warning:")):
+                found.append(f"{path.parent.name}/{path.name}:{node.lineno}")
+    return found
+
+
+def test_messages_go_through_the_console(tmp_path):
+    """ceod's own messages are console.info/warn (rank 0 only, kept in train.log), not raw prints; the ``error:``
+    lines of the entry points and the results a command prints on purpose are not messages."""
+    pkg = Path(__file__).resolve().parents[1] / "ceod"
+    raw = [m for p in sorted(pkg.rglob("*.py")) if p.name != "console.py" for m in _printed_messages(p)]
+    assert [m for m in raw if not m.startswith("deploy/predict.py:")] == [], raw  # its owner's stderr line, to move
+    probe = tmp_path / "probe.py"
+    probe.write_text('n = 1\nprint(f"[ceod] {n} run(s)")\nprint("warning: x", file=None)\nprint("result")\n')
+    assert _printed_messages(probe) == [f"{tmp_path.name}/probe.py:2", f"{tmp_path.name}/probe.py:3"]  # the check sees what it should

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from ceod.cli import common as cli
+from ceod.console import info
 from ceod.training.audit import USAGE, audit
 
 
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
             "top": (int, 12), "batch_size": (int, 32)}, usage=USAGE)
         s = audit(data=data, **a)
         shown = ", ".join(f"{k} {v:.3f}" for k, v in s.items() if k.startswith(("outside", "aoi")) and v is not None)
-        print(f"[ceod] audited {s['n']} image(s) with an AOI: {shown} → {a['out']}")
+        info(f"audited {s['n']} image(s) with an AOI: {shown} → {a['out']}")
 
     cli.run_command(go)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from ceod.cli import common as cli
+from ceod.console import info
 from ceod.deploy.export import USAGE, export
 
 
@@ -15,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
                        "check": (bool, True)}, usage=USAGE)
         r = export(**a)
         checked = f" (max |Δ| vs PyTorch {r['max_abs_diff']:.1e})" if r["max_abs_diff"] is not None else ""
-        print(f"[ceod] wrote {r['path']}{checked}")
+        info(f"wrote {r['path']}{checked}")
 
     cli.run_command(go)
 

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from ceod.cli.common import exit_status
+from ceod.console import warn
 from ceod.aoi.preview import pick_across_types, write_preview
 from ceod.data.layout import atomic_directory, require_empty
 from ceod.benchmarks.mvtec import DEFAULT_TYPE_LABELS, PREVIEW_NAME, MVTecZipperSource, category_dir, records
@@ -37,7 +38,7 @@ def aoi(a: argparse.Namespace) -> str:
         if a.preview:
             write_preview(pick_across_types(recs, a.preview, flagged), tmp / PREVIEW_NAME)
     for m in msgs:
-        print(f"warning: {m}", file=sys.stderr)
+        warn(m)
     kept = sum(r["label"] for r in recs)
     return (f"wrote {len(recs)} AOI masks to {out} (the data.aoi_dir layout) and {out / PREVIEW_NAME}; with them, "
             f"{kept} of {sum(r['mvtec_label'] for r in recs)} defective images have a defect on the zipper. "

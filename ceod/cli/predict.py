@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from ceod.cli import common as cli
+from ceod.console import info
 from ceod.deploy.predict import USAGE, predict
 
 
@@ -15,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
                        "heatmaps": (bool, True), "batch_size": (int, 32), "device": (str, "auto"),
                        "num_workers": (int, None)}, usage=USAGE)
         r = predict(**a)
-        print(f"[ceod] scored {r['n']} image(s) at threshold {r['threshold']:.4f} → {r['csv']}")
+        info(f"scored {r['n']} image(s) at threshold {r['threshold']:.4f} → {r['csv']}")
 
     cli.run_command(go)
 

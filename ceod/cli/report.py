@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from ceod.cli import common as cli
+from ceod.console import info
 from ceod.training.report import USAGE, report
 
 
@@ -14,7 +15,7 @@ def main(argv: list[str] | None = None) -> None:
                       {"dir": (str, ...), "seeds": (str, "seed"), "out": (str, None)}, positional="dir", usage=USAGE)
         r = report(**a)
         print(r["markdown"])
-        print(f"[ceod] {len(r['runs'])} run(s) → {', '.join(str(f) for f in r['files'])}")
+        info(f"{len(r['runs'])} run(s) → {', '.join(str(f) for f in r['files'])}")
 
     cli.run_command(go)
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-
 from ceod.benchmarks.synthetic import VARIANTS, __doc__ as DOC, config_for, generate
-from ceod.errors import CeodError
+from ceod.cli.common import exit_status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,15 +21,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decoy-p", type=float, help="decoy ⇔ label strength in train/val (0.5 = uncorrelated)")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
-    try:
+
+    def run() -> str:
         cfg = config_for(a.variant, seed=a.seed, n_good=a.n_good, n_defect=a.n_defect, size=a.size,
                          contrast=a.contrast, decoy_p=a.decoy_p)
         out = generate(a.out, cfg, overwrite=a.overwrite)
-    except CeodError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {cfg.n_good} good + {cfg.n_defect} defective images ({a.variant}, seed {cfg.seed}) to {out}")
-    return 0
+        return f"wrote {cfg.n_good} good + {cfg.n_defect} defective images ({a.variant}, seed {cfg.seed}) to {out}"
+
+    return exit_status(run)
 
 
 if __name__ == "__main__":

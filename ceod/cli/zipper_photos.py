@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-
 from ceod.benchmarks.zipper_photos import build_mvtec_tree
+from ceod.cli.common import exit_status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,8 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--large", type=int, default=2, help="images written at 1024 px")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    print(build_mvtec_tree(a.out, size=a.size, large=a.large, seed=a.seed))
-    return 0
+    return exit_status(lambda: build_mvtec_tree(a.out, size=a.size, large=a.large, seed=a.seed))
 
 
 if __name__ == "__main__":
