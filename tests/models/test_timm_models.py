@@ -446,6 +446,7 @@ def test_module_config_records_network_regime_loss_optimizer(make_cfg, imagenet_
 
 
 def test_checkpoint_says_what_it_is_and_rebuilds(make_cfg, tiny_root, tmp_path):
+    from ceod.deploy.checkpoint import network_weights
     from ceod.training.module import CEODModule
 
     cfg = make_cfg(f"data.root={tiny_root}", "+data.generator={n_good:24,n_defect:20}", "data.image_size=64",
@@ -463,7 +464,7 @@ def test_checkpoint_says_what_it_is_and_rebuilds(make_cfg, tiny_root, tmp_path):
     x = torch.rand(2, 1, 64, 64)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     again = CustomCNN(in_chans=1).eval()
-    again.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+    again.load_state_dict(network_weights(state))
     with torch.no_grad():
         torch.testing.assert_close(module(x), again(x)[0])
 
