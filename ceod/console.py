@@ -107,7 +107,18 @@ def progress_bar(iterable: Iterable | None = None, desc: str = "", total: int | 
             enabled = global_rank() == 0 and file.isatty()
         except (AttributeError, ValueError):  # a closed or file-less stream
             enabled = False
-    return tqdm(iterable, desc=desc, total=total, unit=unit, file=file, disable=not enabled)
+    return tqdm(iterable, desc=desc, total=total, unit=unit, file=file, disable=not enabled,
+                **_size(file))
+
+
+def _size(file: IO[str]) -> dict:
+    """{} (tqdm follows the terminal) unless the terminal reports no size — a fresh pseudo-terminal, some CI
+    consoles: 0 × 0, where tqdm draws an empty bar, or hides it as below the screen — then 80 × 24."""
+    try:
+        size = os.get_terminal_size(file.fileno())
+    except (AttributeError, OSError, ValueError):
+        return {}
+    return {} if size.columns > 0 and size.lines > 0 else {"ncols": size.columns or 80, "nrows": size.lines or 24}
 
 
 class _DropTips(logging.Filter):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import sys
 import tempfile
 from collections import deque
 from contextlib import nullcontext
@@ -32,7 +31,7 @@ from ceod.data.layout import prepare_out, write_csv
 from ceod.data.samples import CLASS_NAMES
 from ceod.deploy import figures
 from ceod.deploy.checkpoint import RECORD_KEY, build_model, heat_spec_of, load_checkpoint, threshold_of
-from ceod.console import progress_bar
+from ceod.console import progress_bar, warn
 from ceod.deploy.network import as_input, for_inference
 from ceod.errors import CeodError, ConfigError, DataError
 from ceod.models import cam_head_weight
@@ -138,8 +137,7 @@ def predict(ckpt: str, input: str, out: str, threshold: float | None = None, hea
         (out_dir / "skipped.csv").unlink(missing_ok=True)  # a stale list from an earlier run
         if skipped:
             write_csv(out_dir / "skipped.csv", ["path", "reason"], skipped)
-            print(f"[ceod] skipped {len(skipped)} unreadable image(s), listed in {out_dir / 'skipped.csv'}",
-                  file=sys.stderr)
+            warn(f"skipped {len(skipped)} unreadable image(s), listed in {out_dir / 'skipped.csv'}")
         if tmp is not None:
             shutil.rmtree(out_dir / "heatmaps", ignore_errors=True)
             os.replace(tmp, out_dir / "heatmaps")
