@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = {"digits_decoy": "digits_control", "synthetic_decoy": "synthetic_control"}
 TRAIN = {"digits_decoy": (216, 216), "synthetic_decoy": (216, 184)}  # training images (good, defective)
 FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.25, 0.5)
+COLOURS = {"cs_mf": "tab:blue", "cs_fit": "tab:orange", "cs_shared": "tab:green", "ceod_mf": "tab:red"}
 FULL = {"cs": "ceod_swap_tight", "ceod": "ceod", "rrr": "rrr_mf1", "energy": "energy_mf1", "bg_random": "bg_random_mf1"}
 WAYS = {"cs_mf": "partial: CE only on the rest", "cs_fit": "fit: ceod.aoi fit masks the rest",
         "cs_shared": "shared: one mask (majority of the drawn)", "ceod_mf": "partial, loss=ceod"}
@@ -35,6 +36,11 @@ def load(folder: Path, method: str) -> dict[int, dict]:
 def drawn(bench: str, f: float) -> int:
     """How many training masks ``data.mask_fraction=f`` keeps (round per class, ceod.data.masks.keep_fraction)."""
     return sum(int(round(f * n)) for n in TRAIN[bench])
+
+
+def pct(xs: list[float]) -> str:
+    m = st.mean(xs)
+    return "n/a" if m != m else f"{m:.0%}"
 
 
 def fmt(xs: list[float], d: int = 3) -> str:
@@ -70,7 +76,8 @@ class Study:
         full_rec = st.mean(self.recovery(bench, a) for a in base.values()) if base else float("nan")
         paired = [runs[s]["test/auroc"] - base[s] for s in runs if s in base]
         rel = [r["test/outside_reliance"] for r in runs.values() if r.get("test/outside_reliance") is not None]
-        return {"n": len(runs), "auroc": au, "rec": rec, "of_full": [x / full_rec for x in rec], "paired": paired,
+        of_full = [x / full_rec if full_rec > 0.1 else float("nan") for x in rec]  # no gain to keep: n/a
+        return {"n": len(runs), "auroc": au, "rec": rec, "of_full": of_full, "paired": paired,
                 "reliance": rel, "seconds": [r["seconds"] for r in runs.values()],
                 "commits": sorted({r["commit"] for r in runs.values()})}
 
@@ -93,7 +100,7 @@ def budget_table(s: Study) -> tuple[list[str], dict]:
                 defective = int(round(f * TRAIN[bench][1]))
                 curves.setdefault((bench, prefix), []).append((n, st.mean(r["of_full"])))
                 lines.append(f"| {bench} | {way} | {f:.0%} | {n} ({defective}) | {r['n']} | {fmt(r['auroc'])} | "
-                             f"{fmt(r['reliance'])} | {st.mean(r['rec']):.0%} | **{st.mean(r['of_full']):.0%}** | "
+                             f"{fmt(r['reliance'])} | {st.mean(r['rec']):.0%} | **{pct(r['of_full'])}** | "
                              f"{fmt(r['paired']) if f < 1 else '–'} |")
     return lines, curves
 
@@ -108,7 +115,7 @@ def other_tables(s: Study) -> list[str]:
             r = s.row(bench, m, FULL["cs"])
             if r:
                 lines.append(f"| {bench} | {name} | {r['n']} | {fmt(r['auroc'])} | {fmt(r['paired'])} | "
-                             f"{fmt(r['reliance'])} | {st.mean(r['of_full']):.0%} |")
+                             f"{fmt(r['reliance'])} | {pct(r['of_full'])} |")
     lines += ["", "The other losses that take masks, 10 % of the masks vs all:", "",
               "| benchmark | loss | masks | n | test AUROC | outside reliance | recovered | of full |",
               "|---|---|---|---|---|---|---|---|"]
@@ -118,7 +125,7 @@ def other_tables(s: Study) -> list[str]:
                 r = s.row(bench, m, FULL[loss])
                 if r:
                     lines.append(f"| {bench} | {loss} | {share} | {r['n']} | {fmt(r['auroc'])} | {fmt(r['reliance'])} | "
-                                 f"{st.mean(r['rec']):.0%} | {st.mean(r['of_full']):.0%} |")
+                                 f"{st.mean(r['rec']):.0%} | {pct(r['of_full'])} |")
     return lines
 
 
@@ -133,14 +140,15 @@ def plot(curves: dict, path: Path) -> None:
         for prefix, way in WAYS.items():
             pts = sorted(curves.get((bench, prefix), []))
             if pts:
-                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=way)
+                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=way, color=COLOURS[prefix])
         ax.axhline(80, color="grey", lw=0.8, ls="--")
         ax.set_xscale("log")
         ax.set_xlabel("drawn AOI masks (training images)")
         ax.set_title(bench)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("% of the full-annotation recovery")
-    axes[-1].legend(fontsize=8, loc="lower right")
+    handles = {h.get_label(): h for ax in axes for h in ax.get_lines() if not h.get_label().startswith("_")}
+    axes[-1].legend(handles.values(), handles.keys(), fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
