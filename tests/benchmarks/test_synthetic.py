@@ -112,6 +112,7 @@ def test_generate_refuses_a_non_empty_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no temp folder left behind
 
 
+@pytest.mark.slow  # a subprocess or a full run: make test-all / CI
 def test_cli(tmp_path):
     out = tmp_path / "cli"
     r = subprocess.run([sys.executable, "-m", "ceod.cli.synthetic", "--out", str(out), "--seed", "5",

@@ -88,6 +88,7 @@ def test_cli_end_to_end(run_cli, tmp_path):
     assert len(list((tmp_path / "data").glob("synthetic_zipper_seed0_*/manifest.csv"))) == 1  # own cache folder
 
 
+@pytest.mark.slow  # a subprocess or a full run: make test-all / CI
 def test_a_run_ends_with_one_table_and_no_lightning_noise(run_cli):
     """A tiny real run (no terminal): our result table only, no Lightning tip or warning about its own code, no
     progress bar of ours; Lightning's other messages stay (the filters are targeted)."""
@@ -139,6 +140,7 @@ def test_cli_errors_are_one_line_with_exit_code_2(run_cli, tmp_path, args, culpr
     assert culprit in marker.read_text() if args[0].startswith("data.") else not marker.exists()
 
 
+@pytest.mark.slow  # a subprocess or a full run: make test-all / CI
 def test_missing_mvtec_root_is_the_first_and_only_line(run_cli):
     """Checked before the model, loss and trainer are built: nothing printed before the error line."""
     r = run_cli("data=mvtec_zipper", "data.root=/nonexistent/mvtec", "hydra.run.dir=out", timeout=120)

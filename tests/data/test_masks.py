@@ -218,6 +218,7 @@ def test_schema_rejects_bad_values_before_any_data_is_read(make_cfg):
     validate(make_cfg("+experiment=decoy_digits", "data.mask_fraction=0.1", "data.mask_noise=box+shift:2"))
 
 
+@pytest.mark.slow  # a subprocess or a full run: make test-all / CI
 def test_cli_prints_one_error_line(run_cli):
     r = run_cli("data.mask_noise=blur:2", "trainer.max_epochs=1")
     assert r.returncode == 2 and len(r.errors) == 1 and "data.mask_noise='blur:2'" in r.errors[0]

@@ -342,6 +342,7 @@ def test_eval_mode_restores_each_modules_own_mode():
     assert [m.training for m in net.modules()] == before == [True, True, False, True, True]
 
 
+@pytest.mark.slow  # a subprocess or a full run: make test-all / CI
 def test_models_do_not_import_lightning():
     code = ("import sys, ceod.models.timm_backbone, ceod.models.finetune, ceod.models.custom_cnn; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'hydra')))")

@@ -259,6 +259,7 @@ class DeleteAfterEpoch0:
         return _Delete()
 
 
+@pytest.mark.slow  # a subprocess or a full run: make test-all / CI
 def test_vanished_data_root_mid_run_is_one_line_and_resumes(tiny_cfg, micro_root, tmp_path, capsys):
     """The data root disappears in epoch 1 (images read from disk by a DataLoader worker): one line naming the
     missing image (not the worker's traceback), a FAILED marker with it, last.ckpt still epoch 0; with the
