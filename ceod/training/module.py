@@ -23,7 +23,7 @@ from ceod.core.cam import upsample
 from ceod.core.losses.base import AttributionLoss, LossOutput
 from ceod.core.metrics import AOIEnergy, PointingGame, youden_threshold
 from ceod.core.reliance import FILLS, fill_outside, reliance, valid_for
-from ceod.errors import CeodError, ConfigError
+from ceod.errors import ConfigError
 from ceod.models import cam_head_weight
 
 
@@ -67,17 +67,9 @@ class CEODModule(L.LightningModule):
         """``spec`` instantiated when it is a config, else as given; bad arguments: a ConfigError naming the target."""
         if not isinstance(spec, Mapping):
             return spec
-        from hydra.errors import InstantiationException
-        from hydra.utils import instantiate
+        from ceod.training.user_errors import instantiate_node
 
-        try:
-            return instantiate(spec)
-        except InstantiationException as e:
-            cause = e.__cause__
-            if isinstance(cause, (TypeError, ValueError)) and not isinstance(cause, CeodError):
-                first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-                raise ConfigError(f"bad arguments for {spec.get('_target_')} ({key}): {first}") from None
-            raise
+        return instantiate_node(spec, key)
 
     def forward(self, x: Tensor) -> Tensor:
         """Inference: logits B×C. No mask, no CAM."""

@@ -22,17 +22,22 @@ def unwrap(e: BaseException) -> BaseException:
 
 def instantiate_at(cfg: DictConfig, key: str, **kwargs):
     """``instantiate(cfg.<key>)``; a constructor's TypeError/ValueError becomes a ConfigError naming ``key``."""
+    return instantiate_node(OmegaConf.select(cfg, key), key, **kwargs)
+
+
+def instantiate_node(node, key: str, **kwargs):
+    """``instantiate(node)`` (the config at ``key``): a constructor's TypeError/ValueError — bad arguments — becomes
+    one ConfigError line naming the key and the target; a CeodError and anything else pass through."""
     from hydra.utils import instantiate
 
-    node = OmegaConf.select(cfg, key)
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as e:
         cause = unwrap(e)
         if isinstance(cause, CeodError) or not isinstance(cause, (TypeError, ValueError)):
             raise
-        target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
-        raise ConfigError(f"{key} ({target}): {type(cause).__name__}: {first_line(cause)}") from e
+        target = node.get("_target_", "?") if hasattr(node, "get") else "?"
+        raise ConfigError(f"bad arguments for {target} ({key}): {type(cause).__name__}: {first_line(cause)}") from e
 
 
 def first_line(e: BaseException) -> str:

@@ -484,7 +484,7 @@ def test_bad_argument_of_a_part_names_its_target(make_cfg):
         instantiate(cfg.module)
     message = one_line(e.value)
     assert message is not None and "\n" not in message, message
-    assert message.startswith("bad arguments for ceod.models.custom_cnn.CustomCNN (model): ") and "depth" in message
+    assert message.startswith("bad arguments for ceod.models.custom_cnn.CustomCNN (model): TypeError: ") and "depth" in message
 
 
 def test_custom_cnn_earlier_cam_block_gives_a_finer_map_and_the_autograd_path():
