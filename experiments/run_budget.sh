@@ -25,7 +25,7 @@ prepare() {  # way bench fractions...
   for d in $BUDGET/${b}_${way}_*; do cp $d/budget.json $OUT/masks/$(basename $d).json; done
 }
 covered() { local way=$1 b=$2; shift 2; for f in "$@"; do echo "cs_${way}$f:$S,data.root=$PWD/$BUDGET/${b}_${way}_f${f}_m0"; done; }
-for round in ${ROUNDS:-check partial fit imperfect ceod shared baselines}; do
+for round in ${ROUNDS:-check partial fit imperfect ceod shared baselines baselines2}; do
   case $round in
     check)   $PY experiments/study.py run $W --seeds 0 --benchmarks $BENCH --methods "cs_mf1:$S,data.mask_fraction=1.0" ;;
     partial) $PY experiments/study.py run $W --benchmarks $BENCH --methods $(partial ceod_swap cs 0.01 0.02 0.05 0.1 0.25 0.5) ;;
@@ -44,5 +44,7 @@ for round in ${ROUNDS:-check partial fit imperfect ceod shared baselines}; do
       for l in bg_random energy rrr; do
         $PY experiments/study.py run $W --benchmarks $BENCH --methods "${l}_mf1:loss=$l" $(partial $l $l 0.1)
       done ;;
+    baselines2)  # the cheaper baselines at more budgets
+      $PY experiments/study.py run $W --benchmarks $BENCH --methods $(partial energy energy 0.02 0.5) $(partial bg_random bg_random 0.02 0.5) ;;
   esac
 done
