@@ -81,7 +81,18 @@ def commit() -> str:
     return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def run_cell(bench: str, method: str, seed: int, extra: list[str], data_dir: Path) -> dict:
+NATIVE = 64  # every benchmark above is generated at 64 px
+
+
+def upscaled(overrides: list[str], size: int) -> list[str]:
+    """A benchmark's overrides, generated at its own 64 px and fed to the network at ``size`` px (same images)."""
+    gen = [o for o in overrides if o.startswith("data.generator=")]
+    rest = [o for o in overrides if not o.startswith("data.generator=") and not o.startswith("data.image_size=")]
+    spec = gen[0].partition("=")[2][1:-1] + "," if gen else ""
+    return [*rest, f"data.generator={{{spec}size:{NATIVE}}}", f"data.image_size={size}"]
+
+
+def run_cell(bench: str, method: str, seed: int, extra: list[str], data_dir: Path, upscale: int | None = None) -> dict:
     """Train + test one cell in this process; returns the record written to its JSON."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -91,7 +102,8 @@ def run_cell(bench: str, method: str, seed: int, extra: list[str], data_dir: Pat
     import ceod.training.pipeline  # noqa: F401  (resolvers)
     from ceod.training.pipeline import train
 
-    overrides = [*BENCHMARKS[bench], f"seed={seed}", *COMMON, *METHODS[method], *extra]  # a method may change COMMON
+    data = upscaled(BENCHMARKS[bench], upscale) if upscale else BENCHMARKS[bench]
+    overrides = [*data, f"seed={seed}", *COMMON, *METHODS[method], *extra]  # a method may change COMMON
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
@@ -130,7 +142,7 @@ def run(a) -> None:
         if not claim(path):
             continue
         print(f"[study] {bench} {method} seed {seed} …", flush=True)
-        rec = run_cell(bench, method, seed, a.set, a.data_dir)
+        rec = run_cell(bench, method, seed, a.set, a.data_dir, a.upscale)
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(rec, indent=1) + "\n")
         os.replace(tmp, path)
@@ -147,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--workers", type=int, default=1, help="parallel worker processes (each takes free cells)")
     r.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     r.add_argument("--set", nargs="*", default=[], help="extra Hydra overrides for every cell")
+    r.add_argument("--upscale", type=int, default=None, metavar="PX",
+                   help="generate each benchmark at its own 64 px, feed the network PX px (pretrained networks)")
     r.add_argument("--out", type=Path, default=OUT)
     r.add_argument("--data-dir", type=Path, default=ROOT / "data" / "study")
     rep = sub.add_parser("report")
