@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ceod.benchmarks import decoys
-from ceod.benchmarks.generated import preset, seeded_split, write_generated
+from ceod.benchmarks.generated import check_split_and_decoy, preset, seeded_split, write_generated
 from ceod.errors import CeodError
 
 GENERATOR_VERSION = 1
@@ -57,12 +57,7 @@ class DigitsConfig:
             raise CeodError("digits must lie in 0..9")
         if self.size < 8 * self.digit_scale + 2 * (self.decoy_size + 4):
             raise CeodError(f"size {self.size} too small for a {8 * self.digit_scale} px digit and corner decoys")
-        if len(self.split) != 3 or abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0:
-            raise CeodError(f"split must be three non-negative fractions summing to 1, got {self.split}")
-        if self.decoy_p is not None and not 0.0 <= self.decoy_p <= 1.0:
-            raise CeodError(f"decoy_p must lie in [0, 1] or be null, got {self.decoy_p}")
-        if self.decoy_kind not in ("square", *decoys.KINDS):
-            raise CeodError(f"decoy_kind must be 'square' or one of {decoys.KINDS}, got {self.decoy_kind!r}")
+        check_split_and_decoy(self.split, self.decoy_p, self.decoy_kind, "square")
 
 
 VARIANTS: dict[str, DigitsConfig] = {

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ceod.benchmarks.decoys import KINDS
 from ceod.console import progress_bar
 from ceod.data.layout import CLASS_DIRS, atomic_directory, require_empty, write_manifest
 from ceod.data.samples import split_by_class
@@ -76,3 +77,14 @@ def generator_tag(overrides) -> str:
 
     items = OmegaConf.to_container(overrides, resolve=True) if isinstance(overrides, DictConfig) else overrides
     return "_" + hashlib.sha1(json.dumps(items, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def check_split_and_decoy(split, decoy_p: float | None, decoy_kind: str, own_kind: str) -> None:
+    """A generator config's shared checks (CeodError): ``split`` three non-negative fractions summing to 1,
+    ``decoy_p`` in [0, 1] or None, ``decoy_kind`` the generator's own (``own_kind``) or one of the zoo's."""
+    if len(split) != 3 or abs(sum(split) - 1.0) > 1e-6 or min(split) < 0:
+        raise CeodError(f"split must be three non-negative fractions summing to 1, got {split}")
+    if decoy_p is not None and not 0.0 <= decoy_p <= 1.0:
+        raise CeodError(f"decoy_p must lie in [0, 1] or be null, got {decoy_p}")
+    if decoy_kind not in (own_kind, *KINDS):
+        raise CeodError(f"decoy_kind must be {own_kind!r} or one of {KINDS}, got {decoy_kind!r}")

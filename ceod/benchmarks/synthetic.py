@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ceod.benchmarks import decoys
-from ceod.benchmarks.generated import preset, seeded_split, write_generated
+from ceod.benchmarks.generated import check_split_and_decoy, preset, seeded_split, write_generated
 from ceod.errors import CeodError
 
 GENERATOR_VERSION = 1
@@ -62,14 +62,9 @@ class SyntheticConfig:
             raise CeodError(f"synthetic data needs n_good ≥ 1 and n_defect ≥ 1, got {self.n_good}, {self.n_defect}")
         if self.size < 32:
             raise CeodError(f"synthetic image size must be ≥ 32 px, got {self.size}")
-        if len(self.split) != 3 or abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0:
-            raise CeodError(f"split must be three non-negative fractions summing to 1, got {self.split}")
         if not 0.0 < self.contrast <= 1.0:
             raise CeodError(f"contrast must lie in (0, 1], got {self.contrast}")
-        if self.decoy_p is not None and not 0.0 <= self.decoy_p <= 1.0:
-            raise CeodError(f"decoy_p must lie in [0, 1] or be null, got {self.decoy_p}")
-        if self.decoy_kind not in ("fixture", *decoys.KINDS):
-            raise CeodError(f"decoy_kind must be 'fixture' or one of {decoys.KINDS}, got {self.decoy_kind!r}")
+        check_split_and_decoy(self.split, self.decoy_p, self.decoy_kind, "fixture")
 
 
 VARIANTS: dict[str, SyntheticConfig] = {

@@ -52,18 +52,22 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
     """Remove ``.OUT.tmp-*`` folders beside ``out`` whose writer is gone (same host, dead pid) or that
     are older than a day; → the removed paths."""
     removed = []
-    host = socket.gethostname()
     for p in out.parent.glob(f".{out.name}.tmp-*"):
-        parts = p.name[len(f".{out.name}.tmp-"):].rsplit("-", 2)
-        try:
-            dead = len(parts) == 3 and parts[0] == host and not pid_alive(int(parts[1]))
-            old = time.time() - p.stat().st_mtime > STALE_S
-        except (ValueError, OSError):
-            continue
-        if p.is_dir() and (dead or old):
+        if p.is_dir() and writer_gone(p, p.name[len(f".{out.name}.tmp-"):]):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
+
+
+def writer_gone(path: Path, tag: str) -> bool:
+    """Whether the temporary ``path``, tagged ``<host>-<pid>-<random>`` by its writer, is stale: written on
+    this host by a process that is gone, or older than a day. Unreadable tags or paths count as live."""
+    parts = tag.rsplit("-", 2)
+    try:
+        dead = len(parts) == 3 and parts[0] == socket.gethostname() and not pid_alive(int(parts[1]))
+        return dead or time.time() - path.stat().st_mtime > STALE_S
+    except (ValueError, OSError):
+        return False
 
 
 def shared_permissions(path: Path) -> None:

@@ -31,7 +31,6 @@ import errno
 import os
 import secrets
 import socket
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -40,10 +39,9 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from ceod.data.layout import current_umask, fsync_path, pid_alive
+from ceod.data.layout import current_umask, fsync_path, writer_gone
 from ceod.errors import CeodError
 
-STALE_S = 24 * 3600
 TMP_MARK = ".tmp-"
 _KEPT = "the checkpoints written before are intact; fix the cause, then rerun the same command to resume"
 
@@ -142,15 +140,9 @@ def write_atomically(path: str | Path, write: Callable[[Any], None], mode: str =
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     """Remove ``.*.tmp-<host>-<pid>-*`` files in ``folder`` whose writer is gone (this host, dead pid) or that
     are older than a day → the removed paths. Live writers' files are kept."""
-    removed, host = [], socket.gethostname()
+    removed = []
     for p in Path(folder).glob(f".*{TMP_MARK}*"):
-        parts = p.name.rsplit(TMP_MARK, 1)[-1].rsplit("-", 2)
-        try:
-            dead = len(parts) == 3 and parts[0] == host and not pid_alive(int(parts[1]))
-            old = time.time() - p.stat().st_mtime > STALE_S
-        except (ValueError, OSError):
-            continue
-        if p.is_file() and (dead or old):
+        if p.is_file() and writer_gone(p, p.name.rsplit(TMP_MARK, 1)[-1]):
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
