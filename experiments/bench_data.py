@@ -10,7 +10,7 @@ and with the PNG decode it needs.
 
 The data is a generated synthetic_zipper set in the folder layout (``--source-size`` > ``--size``
 upsamples the files first, to mimic large camera images such as MVTec's 1024 px). The loader is
-the FolderDataModule's train loader exactly as trained (joint augmentation on), timed per epoch:
+the DefectDataModule's (``data=folder``) train loader exactly as trained (joint augmentation on), timed per epoch:
 "first" includes starting the workers, "steady" is the median of the later epochs (persistent
 workers). ``cache=on`` is the default (files decoded and resized once at setup, during the
 validation pass); ``cache=off`` decodes and resizes every image every epoch (the worst case);
@@ -33,11 +33,16 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ceod.data.folder import FolderDataModule
+from ceod.data.datamodule import DefectDataModule
 from ceod.benchmarks.synthetic import config_for, generate
 from ceod.data.transforms import batch_augment
+from omegaconf import OmegaConf
 from ceod.core.losses.ceod import CEODLoss
 from ceod.models.custom_cnn import CustomCNN
+
+
+_YAML = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "data" / "datamodule.yaml")
+AUG = {k: _YAML[f"aug_{k}"] for k in ("scale", "ratio", "hflip", "vflip", "degrees")}  # the training data's defaults
 
 
 def make_data(out: Path, n: int, size: int, source_size: int) -> Path:
@@ -53,7 +58,7 @@ def make_data(out: Path, n: int, size: int, source_size: int) -> Path:
 
 def loader_rate(root: Path, size: int, batch: int, workers: int, cache: bool, on: str, epochs: int) -> dict:
     t0 = time.perf_counter()
-    dm = FolderDataModule(str(root), image_size=size, batch_size=batch, num_workers=workers, cache=cache,
+    dm = DefectDataModule(str(root), image_size=size, batch_size=batch, num_workers=workers, cache=cache,
                           augment=True, augment_on=on, pin_memory="auto", persistent_workers=True)
     dm.setup("fit")
     setup_s = time.perf_counter() - t0
@@ -82,7 +87,7 @@ def model_rate(size: int, batch: int, omega: float, device: torch.device, steps:
     y = torch.randint(0, 2, (batch,), device=device)
 
     def step():
-        xb, mb = batch_augment(x, mask) if augment else (x, mask)
+        xb, mb = batch_augment(x, mask, **AUG) if augment else (x, mask)
         logits, feats = model(xb)
         out = loss_fn(logits, y, mb, features=feats, head_weight=model.cam_head_weight)
         opt.zero_grad(set_to_none=True)

@@ -160,8 +160,8 @@ class NetAOI:
         self.model.train()
         for _ in progress_bar(range(self.steps), "fit AOI net", unit="step"):
             idx = torch.randint(len(xs), (self.batch,), generator=gen)
-            x, y = batch_augment(xs[idx], ys[idx], scale=(0.7, 1.0), hflip=0.5, vflip=0.5, degrees=10,
-                                 generator=gen)  # zero padding = the mean grey
+            x, y = batch_augment(xs[idx], ys[idx], scale=(0.7, 1.0), ratio=(0.75, 4 / 3), hflip=0.5, vflip=0.5,
+                                 degrees=10, generator=gen)  # zero padding = the mean grey
             logits = self.model(x)[:, 0]
             p = logits.sigmoid()
             dice = 1 - (2 * (p * y).sum((1, 2)) + 1) / (p.sum((1, 2)) + y.sum((1, 2)) + 1)

@@ -32,14 +32,11 @@ from ceod.errors import ConfigError, DataError
 
 
 def train_transform(
-    size: tuple[int, int],
-    scale: Sequence[float] = (0.8, 1.0),
-    ratio: Sequence[float] = (0.75, 4 / 3),
-    hflip: float = 0.5,
-    vflip: float = 0.0,
-    degrees: float = 10.0,
+    size: tuple[int, int], *, scale: Sequence[float], ratio: Sequence[float], hflip: float, vflip: float,
+    degrees: float,
 ) -> v2.Compose:
-    """The joint train-time augmentation; call it as ``t(tv_tensors.Image(x), tv_tensors.Mask(m))``."""
+    """The joint train-time augmentation; call it as ``t(tv_tensors.Image(x), tv_tensors.Mask(m))``. No defaults:
+    the training data's live in conf/data/datamodule.yaml (``aug_*``), passed by :class:`Augment`."""
     scale, ratio = tuple(float(v) for v in scale), tuple(float(v) for v in ratio)
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         raise ConfigError(f"data.aug_scale must be [min, max] with 0 < min ≤ max ≤ 1, got {list(scale)}")
@@ -63,11 +60,12 @@ def train_transform(
 def batch_augment(
     image: torch.Tensor,
     mask: torch.Tensor,
-    scale: Sequence[float] = (0.8, 1.0),
-    ratio: Sequence[float] = (0.75, 4 / 3),
-    hflip: float = 0.5,
-    vflip: float = 0.0,
-    degrees: float = 10.0,
+    *,
+    scale: Sequence[float],
+    ratio: Sequence[float],
+    hflip: float,
+    vflip: float,
+    degrees: float,
     fill: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +74,8 @@ def batch_augment(
     Per sample: a random resized crop (area fraction in ``scale``, aspect ratio log-uniform in
     ``ratio``, clamped to the image), flips, a rotation in ±``degrees`` — composed into one affine
     map, so B×C×H×W images (bilinear) and B×H×W masks (nearest) are resampled on the same grid.
-    Outside the image: ``fill`` (per channel, default 0) for images, 0 for masks.
+    Outside the image: ``fill`` (per channel, default 0) for images, 0 for masks. No augmentation defaults
+    (the training data's: conf/data/datamodule.yaml via :class:`Augment`).
     """
     b, c, h, w = image.shape
     dev = image.device
