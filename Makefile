@@ -16,15 +16,17 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 EXPERIMENT ?= +experiment=decoy_digits
+# pytest-xdist workers: one per core, at most 4 (each holds torch + Lightning in memory); JOBS=0 runs serially
+JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 
 train: $(STAMP)
 	$(PY) -m ceod.train $(EXPERIMENT) $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -n $(JOBS) -m "not slow" $(ARGS)
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(JOBS) $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

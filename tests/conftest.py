@@ -18,6 +18,20 @@ import ceod.training.pipeline  # noqa: F401  (registers the run_id resolver)
 from ceod.benchmarks.synthetic import config_for, generate
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist (``make test``: one worker per core, at most 4) each worker, and every process it
+    starts, gets its share of the cores: K workers × N torch threads on N cores would oversubscribe them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        share = str(max(1, (os.cpu_count() or 1) // workers))
+        os.environ.setdefault("OMP_NUM_THREADS", share)
+        os.environ.setdefault("MKL_NUM_THREADS", share)
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+_share_the_cores()
 TINY = dict(n_good=24, n_defect=20, size=64)
 
 
@@ -121,3 +135,18 @@ def trained_run(tmp_path_factory):
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     return tmp / "run", results
+
+
+@pytest.fixture(scope="session")
+def drawn(tmp_path_factory) -> tuple[Path, Path]:
+    """For the ``ceod.aoi fit`` tests: (synthetic root with 28 images at 64 px, a folder holding 8 of its AOI masks)."""
+    import shutil
+
+    base = tmp_path_factory.mktemp("aoi")
+    root = generate(base / "syn", config_for("synthetic_zipper", n_good=14, n_defect=14, size=64, seed=3))
+    masks = sorted((root / "masks").rglob("*.png"))
+    for m in masks[::3][:8]:
+        dest = base / "drawn" / m.relative_to(root / "masks")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(m, dest)
+    return root, base / "drawn"
