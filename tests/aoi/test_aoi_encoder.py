@@ -67,4 +67,19 @@ def test_lite0_without_the_wheel_is_one_error_line(drawn, tmp_path, capsys, monk
 def test_command_defaults_are_fit_options_defaults():
     a = vars(parser().parse_args(["fit", "--images", "i", "--masks", "m", "--out", "o"]))
     assert a.pop("command") == "fit" and FitOptions(**a) == FitOptions("i", "m", "o")
-    assert FitOptions("i", "m", "o").encoder == "mobilenet"
+    assert FitOptions("i", "m", "o").encoder == "lite0"  # the pretrained encoder is the default
+
+
+def test_no_command_line_code_in_ceod_aoi():
+    """argv / argparse live in ``ceod/cli/`` only: ``ceod.aoi`` takes settings as FitOptions."""
+    import ast
+    from pathlib import Path
+
+    import ceod.aoi
+
+    for path in Path(ceod.aoi.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+        mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        argv = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "argv"]
+        assert "argparse" not in names | mods and not argv, path
